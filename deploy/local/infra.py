@@ -1,0 +1,415 @@
+"""Fetch, cache, start and stop the local infrastructure: Apache Kafka (KRaft) and FerretDB.
+
+Machines without a Docker engine run the real servers as plain processes. The binaries are
+fetched once per machine into a cache outside the repository (``~/.cache/fleetdesk`` unless
+``FLEETDESK_CACHE`` says otherwise):
+
+* Kafka: the broker jars from Maven Central (``org.apache.kafka:kafka_2.13`` and an SLF4J
+  binding for Log4j 2), resolved with Maven; the broker runs in KRaft mode, single node.
+* FerretDB v1.24.2: built from its Go module on the SQLite backend. Its
+  ``build/version/version.txt`` must exist before ``go build`` or the binary panics.
+
+Usage::
+
+    python deploy/local/infra.py fetch
+    python deploy/local/infra.py start [--run-dir DIR] [--kafka-port N] [--mongo-port N]
+    python deploy/local/infra.py stop  [--run-dir DIR]
+
+``start`` waits for real readiness (a Kafka metadata answer, a MongoDB ``ping``), writes the
+process ids under the run directory and returns; ``stop`` ends both processes and waits for
+them. The module is importable too: the test harness uses :class:`LocalInfra` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KAFKA_VERSION = "4.1.1"
+LOG4J_VERSION = "2.24.3"
+SLF4J_VERSION = "2.0.17"
+FERRETDB_VERSION = "v1.24.2"
+FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
+
+CACHE = Path(os.environ.get("FLEETDESK_CACHE", "~/.cache/fleetdesk")).expanduser()
+
+_POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>fleetdesk.local</groupId>
+  <artifactId>kafka-broker</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>{KAFKA_VERSION}</version>
+    </dependency>
+    <dependency>
+      <!-- Kafka's own pom brings SLF4J 1.7; the Log4j 2 binding below needs the 2.x API. -->
+      <groupId>org.slf4j</groupId>
+      <artifactId>slf4j-api</artifactId>
+      <version>{SLF4J_VERSION}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j2-impl</artifactId>
+      <version>{LOG4J_VERSION}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-core</artifactId>
+      <version>{LOG4J_VERSION}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2 = """status = warn
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.out.ref = STDOUT
+logger.server.name = kafka.server.BrokerServer
+logger.server.level = INFO
+"""
+
+
+def _log(msg: str) -> None:
+    print(f"[infra] {msg}", file=sys.stderr, flush=True)
+
+
+def kafka_dir() -> Path:
+    return CACHE / f"kafka-{KAFKA_VERSION}"
+
+
+def ferretdb_binary() -> Path:
+    return CACHE / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
+
+
+def fetch_kafka() -> Path:
+    """Resolve the broker's jars from Maven Central into the cache; return the libs folder."""
+    root = kafka_dir()
+    libs = root / "libs"
+    done = root / ".complete"
+    if done.exists() and done.read_text() == KAFKA_VERSION + "\n" + _POM:
+        return libs
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pom.xml").write_text(_POM)
+    (root / "log4j2.properties").write_text(_LOG4J2)
+    if libs.exists():
+        shutil.rmtree(libs)
+    _log(f"fetching Kafka {KAFKA_VERSION} jars from Maven Central (once per machine)")
+    subprocess.run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(root / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs}",
+            "-DincludeScope=runtime",
+        ],
+        check=True,
+    )
+    done.write_text(KAFKA_VERSION + "\n" + _POM)
+    return libs
+
+
+def fetch_ferretdb() -> Path:
+    """Build FerretDB from its Go module into the cache; return the binary's path."""
+    binary = ferretdb_binary()
+    if binary.exists():
+        return binary
+    _log(f"building FerretDB {FERRETDB_VERSION} from its Go module (once per machine)")
+    env = {**os.environ, "GOFLAGS": "-mod=mod -buildvcs=false", "CGO_ENABLED": "0"}
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout
+    module_dir = Path(json.loads(out)["Dir"])
+    src = CACHE / f"ferretdb-src-{FERRETDB_VERSION}"
+    if src.exists():
+        shutil.rmtree(src)
+    shutil.copytree(module_dir, src)
+    for path in [src, *src.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+    # Without this file the binary panics at start-up (it is generated in FerretDB's own build).
+    version_dir = src / "build" / "version"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "version.txt").write_text(FERRETDB_VERSION + "\n")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    tmp = binary.with_suffix(".tmp")
+    subprocess.run(
+        ["go", "build", "-trimpath", "-o", str(tmp), "./cmd/ferretdb"],
+        check=True,
+        cwd=src,
+        env=env,
+    )
+    tmp.rename(binary)
+    shutil.rmtree(src, ignore_errors=True)
+    return binary
+
+
+def fetch() -> None:
+    fetch_kafka()
+    fetch_ferretdb()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalInfra:
+    """A Kafka broker and a FerretDB server as child processes, data under ``run_dir``."""
+
+    run_dir: Path
+    kafka_port: int = 9092
+    mongo_port: int = 27017
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def mongo_url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.mongo_port}/"
+
+    def start(self, timeout: float = 180.0) -> None:
+        fetch()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name, port in (("kafka", self.kafka_port), ("mongo", self.mongo_port)):
+            if _port_open(port):
+                raise RuntimeError(f"port {port} for {name} is already in use on 127.0.0.1")
+        self._start_ferretdb()
+        self._start_kafka()
+        self.wait_ready(timeout)
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        log = open(self.run_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        self.procs[name] = proc
+        (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
+
+    def _start_ferretdb(self) -> None:
+        data = self.run_dir / "ferretdb-data"
+        data.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            "ferretdb",
+            [
+                str(ferretdb_binary()),
+                "--handler=sqlite",
+                f"--sqlite-url=file:{data}/",
+                f"--state-dir={self.run_dir}",
+                f"--listen-addr=127.0.0.1:{self.mongo_port}",
+                "--debug-addr=-",
+                "--telemetry=disable",
+                "--log-level=warn",
+            ],
+        )
+
+    def _start_kafka(self) -> None:
+        root = kafka_dir()
+        data = self.run_dir / "kafka-data"
+        controller_port = free_port()
+        props = self.run_dir / "server.properties"
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.kafka_port},"
+                    f"CONTROLLER://127.0.0.1:{controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.kafka_port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={data}",
+                    "num.partitions=3",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=3",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "",
+                ]
+            )
+        )
+        java = [
+            "java",
+            "-Xms256m",
+            "-Xmx768m",
+            "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
+            "-cp",
+            str(root / "libs" / "*"),
+        ]
+        if not (data / "meta.properties").exists():
+            subprocess.run(
+                [
+                    *java,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    str(uuid.uuid4()).replace("-", "")[:22],
+                    "-c",
+                    str(props),
+                ],
+                check=True,
+                capture_output=True,
+            )
+        self._spawn("kafka", [*java, "kafka.Kafka", str(props)])
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = {"kafka", "ferretdb"}
+        while pending:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    tail = (self.run_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+            if "ferretdb" in pending and _mongo_ping(self.mongo_url):
+                pending.discard("ferretdb")
+            if "kafka" in pending and _kafka_metadata(self.kafka_bootstrap):
+                pending.discard("kafka")
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"not ready after {timeout}s: {sorted(pending)}")
+            if pending:
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        for name in ("kafka", "ferretdb"):
+            proc = self.procs.pop(name, None)
+            pid = proc.pid if proc else _read_pid(self.run_dir / f"{name}.pid")
+            if pid is None:
+                continue
+            _terminate(pid, proc)
+            (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _terminate(pid: int, proc: subprocess.Popen[bytes] | None, grace: float = 20.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if proc is not None:
+            if proc.poll() is not None:
+                return
+        else:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if proc is not None:
+        proc.wait()
+
+
+def _mongo_ping(url: str) -> bool:
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    try:
+        with MongoClient(url, serverSelectionTimeoutMS=500, connectTimeoutMS=500) as client:
+            client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+
+
+def _kafka_metadata(bootstrap: str) -> bool:
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+    async def probe() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        try:
+            await admin.start()
+            meta = await admin.describe_cluster()
+            return bool(meta.get("brokers"))
+        except (TimeoutError, KafkaError, OSError):
+            return False
+        finally:
+            await admin.close()
+
+    return asyncio.run(probe())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["fetch", "start", "stop"])
+    parser.add_argument("--run-dir", type=Path, default=CACHE / "run")
+    parser.add_argument("--kafka-port", type=int, default=9092)
+    parser.add_argument("--mongo-port", type=int, default=27017)
+    args = parser.parse_args(argv)
+    if args.command == "fetch":
+        fetch()
+        return 0
+    infra = LocalInfra(args.run_dir, args.kafka_port, args.mongo_port)
+    if args.command == "start":
+        infra.start()
+        print(f"kafka {infra.kafka_bootstrap}\nmongo {infra.mongo_url}")
+    else:
+        infra.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

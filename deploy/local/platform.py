@@ -1,0 +1,122 @@
+"""``make run``: the whole platform on one machine, infrastructure included.
+
+Starts Kafka and FerretDB from ``deploy/local/infra.py`` (unless
+``FLEETDESK_KAFKA_BOOTSTRAP_SERVERS`` and ``FLEETDESK_MONGO_URL`` point at servers that already
+run), creates the topics, starts the
+five services as child processes, waits until each answers ``/ready``, prints one line per
+service with its URL, and on Ctrl-C (or SIGTERM) stops everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = {"identity": 8001, "devices": 8002, "meters": 8003, "tickets": 8004, "notify": 8005}
+
+
+def _infra_module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(
+        "fleetdesk_local_infra", Path(__file__).with_name("infra.py")
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def main() -> int:
+    started = time.monotonic()
+    sys.path.insert(0, str(ROOT))
+    infra = None
+    env = dict(os.environ)
+    if not (env.get("FLEETDESK_KAFKA_BOOTSTRAP_SERVERS") and env.get("FLEETDESK_MONGO_URL")):
+        module = _infra_module()
+        infra = module.LocalInfra(module.CACHE / "platform")
+        print("starting Kafka and FerretDB ...", flush=True)
+        infra.start()
+        env["FLEETDESK_KAFKA_BOOTSTRAP_SERVERS"] = infra.kafka_bootstrap
+        env["FLEETDESK_MONGO_URL"] = infra.mongo_url
+    from shared.bus import ensure_topics
+    from shared.config import KafkaSettings
+
+    asyncio.run(
+        ensure_topics(KafkaSettings(bootstrap_servers=env["FLEETDESK_KAFKA_BOOTSTRAP_SERVERS"]))
+    )
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(*_args: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for name, port in SERVICES.items():
+            env[f"FLEETDESK_{name.upper()}_PORT"] = env.get(
+                f"FLEETDESK_{name.upper()}_PORT", str(port)
+            )
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,
+            )
+        pending = dict(SERVICES)
+        deadline = time.monotonic() + 120
+        while pending and not stopping:
+            for name, port in list(pending.items()):
+                if procs[name].poll() is not None:
+                    raise RuntimeError(f"{name} exited with {procs[name].returncode}")
+                if _ready(port):
+                    print(f"{name:9} ready  http://127.0.0.1:{port}/{name}/docs", flush=True)
+                    del pending[name]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not ready: {sorted(pending)}")
+            time.sleep(0.2)
+        if not stopping:
+            print(
+                f"all services ready in {time.monotonic() - started:.1f}s; Ctrl-C stops everything",
+                flush=True,
+            )
+        while not stopping:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    print(f"{name} exited with {proc.returncode}; stopping", flush=True)
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if infra is not None:
+            infra.stop()
+        print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

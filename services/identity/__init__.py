@@ -1,0 +1,1 @@
+"""The identity service: organisations, users, roles, registration, sign-in and signing keys."""

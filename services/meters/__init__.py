@@ -1,0 +1,1 @@
+"""The meters service: meter readings: manual submissions, eMaintenance telemetry, anomalies."""

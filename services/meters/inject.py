@@ -1,0 +1,46 @@
+"""Builds the meters service inside async context managers: nothing connects at import."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fastapi import APIRouter, FastAPI
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.meters.config import MetersSettings
+from shared import contracts, projections
+from shared.bus import Publisher, Subscription
+from shared.service import build_service_app
+from shared.store import Document
+
+NAME = "meters"
+
+INDEXES = {
+    projections.USERS: [IndexModel([("org_id", ASCENDING)], name="by_org")],
+    projections.DEVICES: [IndexModel([("org_id", ASCENDING)], name="by_org")],
+}
+
+
+def subscriptions(db: AsyncDatabase[Document], _publisher: Publisher) -> Iterable[Subscription]:
+    # The projections that decide who may see which device and organisation.
+    yield Subscription(
+        group=f"{NAME}.projections",
+        handlers={
+            contracts.ORGANISATIONS.name: projections.organisations(db),
+            contracts.USERS.name: projections.users(db),
+            contracts.DEVICES.name: projections.devices(db),
+        },
+    )
+
+
+def build_app(settings: MetersSettings | None = None) -> FastAPI:
+    return build_service_app(
+        name=NAME,
+        prefix="/meters",
+        settings=settings or MetersSettings(),
+        routers=[APIRouter()],
+        indexes=INDEXES,
+        outbox_collections=(),
+        subscriptions=subscriptions,
+    )

@@ -1,0 +1,1 @@
+"""The notify service: e-mail notifications to the right people, in their language."""

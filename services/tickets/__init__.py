@@ -1,0 +1,1 @@
+"""The tickets service: support tickets, SLA clocks in business hours, routing, knowledge base."""

@@ -1,0 +1,1 @@
+"""The library the Fleetdesk services share: contracts, bus, store, auth, config, logs, HTTP."""

@@ -1,0 +1,281 @@
+"""Event contracts and the topic catalogue: the one place that names topics and event types.
+
+Every topic the platform writes or reads is a :class:`Topic` in :data:`CATALOGUE`, with the
+event models that may travel on it. The AsyncAPI document (``docs/asyncapi.yaml``) is generated
+from this module by ``python -m shared.asyncapi`` and a test fails when it drifts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, Field, StringConstraints
+
+from shared.events import Event
+
+Language = Literal["fi", "sv", "en"]
+Serial = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+
+
+class Role(StrEnum):
+    """Customer roles (exactly five) and the two staff roles."""
+
+    ADMIN = "admin"
+    DEVICE_MANAGER = "device_manager"
+    STOCK_MANAGER = "stock_manager"
+    DEVICE_STOCK_MANAGER = "device_stock_manager"
+    KB_VIEWER = "kb_viewer"
+    AGENT = "agent"
+    TECHNICIAN = "technician"
+
+
+CUSTOMER_ROLES = frozenset(
+    {Role.ADMIN, Role.DEVICE_MANAGER, Role.STOCK_MANAGER, Role.DEVICE_STOCK_MANAGER, Role.KB_VIEWER}
+)
+STAFF_ROLES = frozenset({Role.AGENT, Role.TECHNICIAN})
+
+
+class UserStatus(StrEnum):
+    PENDING_CONFIRMATION = "pending_confirmation"
+    INVITED = "invited"
+    ACTIVE = "active"
+
+
+# --- identity -----------------------------------------------------------------------------
+
+
+class OrganisationState(Event):
+    """Latest state of an organisation (compacted; key = org_id)."""
+
+    event_type = "identity.organisation.state"
+
+    org_id: str = Field(description="Platform id of the organisation.")
+    customer_number: str = Field(description="Printed on contracts, orders and invoices.")
+    system_id: str = Field(description="The service centre's id of the customer.")
+    name: str = Field(description="Display name.")
+    country: str = Field(description="ISO 3166-1 alpha-2 country code (public holidays).")
+    timezone: str = Field(description="IANA time zone of the organisation.")
+    language: Language = Field(description="Default language of the organisation.")
+    revision: int = Field(
+        ge=1, description="Increases with every change; projections keep the latest."
+    )
+
+
+class UserState(Event):
+    """Latest state of a user (compacted; key = user_id). Carries personal data: never log it."""
+
+    event_type = "identity.user.state"
+
+    user_id: str = Field(description="Platform id of the user.")
+    org_id: str | None = Field(description="Organisation of a customer user; null for staff.")
+    email: str = Field(description="E-mail address (for notifications).")
+    name: str = Field(description="Display name.")
+    language: Language = Field(description="Language of e-mails to this user.")
+    role: Role | None = Field(description="Role, or null until an admin gives one.")
+    device_ids: list[str] = Field(description="Devices assigned to a device or stock manager.")
+    status: UserStatus = Field(description="pending_confirmation, invited or active.")
+    revision: int = Field(ge=1, description="Increases with every change.")
+
+
+class SigningKey(Event):
+    """A public key that verifies access tokens (compacted; key = kid)."""
+
+    event_type = "identity.signing-key"
+
+    kid: str = Field(description="Key id, as in the token header.")
+    algorithm: Literal["EdDSA"] = Field(description="JWS algorithm.")
+    public_key_pem: str = Field(description="Ed25519 public key, PEM (SubjectPublicKeyInfo).")
+    created_at: AwareDatetime = Field(description="When the key was created.")
+    retired: bool = Field(False, description="Retired keys no longer verify new sign-ins.")
+
+
+class ConfirmationRequested(Event):
+    """A user must confirm an e-mail address (notify sends the e-mail; key = user_id)."""
+
+    event_type = "identity.confirmation-requested"
+
+    user_id: str = Field(description="User to confirm.")
+    email: str = Field(description="Address to confirm.")
+    language: Language = Field(description="Language of the e-mail.")
+    token: str = Field(description="Single-use confirmation token (secret; never log).")
+    expires_at: AwareDatetime = Field(description="When the token stops working.")
+
+
+class InvitationIssued(Event):
+    """An admin invited someone (notify sends the e-mail; key = user_id)."""
+
+    event_type = "identity.invitation-issued"
+
+    user_id: str = Field(description="The invited user.")
+    org_id: str | None = Field(description="Inviting organisation; null for staff.")
+    email: str = Field(description="Address of the invitee.")
+    language: Language = Field(description="Language of the e-mail.")
+    role: Role = Field(description="Role the invitee will have.")
+    token: str = Field(description="Single-use invitation token (secret; never log).")
+    expires_at: AwareDatetime = Field(description="When the token stops working.")
+
+
+# --- devices --------------------------------------------------------------------------------
+
+
+class DeviceState(Event):
+    """Latest state of a device (compacted; key = device_id)."""
+
+    event_type = "devices.device.state"
+
+    device_id: str = Field(description="Platform id of the device.")
+    org_id: str = Field(description="Owning organisation.")
+    serial: Serial = Field(description="Manufacturer's serial number.")
+    model: str = Field(description="Device model.")
+    removed: bool = Field(False, description="Removed by an agent: no service accepts its data.")
+    revision: int = Field(ge=1, description="Increases with every change.")
+
+
+# --- from outside ---------------------------------------------------------------------------
+
+
+class AccountEventKind(StrEnum):
+    INVOICE = "invoice"
+    PAYMENT = "payment"
+    CREDIT = "credit"
+
+
+class AccountEvent(Event):
+    """An invoice, payment or credit from the billing system (key = customer number)."""
+
+    event_type = "billing.account-event"
+
+    entry_id: str = Field(min_length=1, max_length=64, description="Billing's unique id.")
+    customer_number: str = Field(min_length=1, max_length=32, description="Customer number.")
+    kind: AccountEventKind = Field(description="invoice, payment or credit.")
+    amount: Decimal = Field(description="Amount in the currency, positive.", gt=0)
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
+    reference: str = Field(max_length=64, description="Invoice or payment reference.")
+    booked_at: AwareDatetime = Field(description="When billing booked it.")
+
+
+class TelemetryReport(Event):
+    """One report of an eMaintenance agent (key = serial). Written by the devices themselves."""
+
+    event_type = "emaintenance.telemetry"
+
+    serial: Serial = Field(description="Serial number of the reporting device.")
+    sent_at: AwareDatetime = Field(description="When the device sent the report, with offset.")
+    counters: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="Meter counters by name."
+    )
+    supplies: dict[str, Annotated[int, Field(ge=0, le=100)]] = Field(
+        default_factory=dict, description="Consumable levels in percent."
+    )
+    errors: list[str] = Field(default_factory=list, description="Error codes.")
+
+
+# --- platform -------------------------------------------------------------------------------
+
+
+class DeadLetter(Event):
+    """A message a consumer could not process, parked with the reason (key = original topic)."""
+
+    event_type = "fleetdesk.dead-letter"
+
+    original_topic: str = Field(description="Topic the message came from.")
+    partition: int = Field(description="Its partition.")
+    offset: int = Field(description="Its offset.")
+    key: str | None = Field(description="Its key, as text.")
+    event_id: str = Field(description="Its event id (derived for envelope-less records).")
+    consumer_group: str = Field(description="Consumer group that gave up.")
+    error: str = Field(description="Why it failed (exception type and message).")
+    attempts: int = Field(description="How many times the handler was tried.")
+    value: str = Field(description="The original value, as UTF-8 text (invalid bytes replaced).")
+    failed_at: datetime = Field(description="When the consumer gave up.")
+
+
+# --- the catalogue --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    description: str
+    key: str
+    events: tuple[type[Event], ...]
+    compacted: bool = False
+    external: bool = False
+
+
+ORGANISATIONS = Topic(
+    "identity.organisations.state",
+    "Latest state of every organisation; projections of other services are built from it.",
+    "org_id",
+    (OrganisationState,),
+    compacted=True,
+)
+USERS = Topic(
+    "identity.users.state",
+    "Latest state of every user: role, assigned devices, language, e-mail, status.",
+    "user_id",
+    (UserState,),
+    compacted=True,
+)
+SIGNING_KEYS = Topic(
+    "identity.signing-keys",
+    "Public keys that verify access tokens, by key id, so keys can rotate.",
+    "kid",
+    (SigningKey,),
+    compacted=True,
+)
+IDENTITY_NOTIFICATIONS = Topic(
+    "identity.notifications",
+    "Things identity asks notify to tell a person: confirmations and invitations.",
+    "user_id",
+    (ConfirmationRequested, InvitationIssued),
+)
+DEVICES = Topic(
+    "devices.devices.state",
+    "Latest state of every device (serial, model, organisation, removed).",
+    "device_id",
+    (DeviceState,),
+    compacted=True,
+)
+BILLING_ACCOUNT_EVENTS = Topic(
+    "billing.account-events",
+    "Invoices, payments and credits of organisations, written by the billing system.",
+    "customer_number",
+    (AccountEvent,),
+    external=True,
+)
+TELEMETRY = Topic(
+    "emaintenance.telemetry",
+    "Reports of the devices' eMaintenance agents: counters, supplies and error codes.",
+    "serial",
+    (TelemetryReport,),
+    external=True,
+)
+DEAD_LETTER = Topic(
+    "fleetdesk.dead-letter",
+    "Messages a consumer gave up on, with the reason and where they came from.",
+    "original topic",
+    (DeadLetter,),
+)
+
+CATALOGUE: tuple[Topic, ...] = (
+    ORGANISATIONS,
+    USERS,
+    SIGNING_KEYS,
+    IDENTITY_NOTIFICATIONS,
+    DEVICES,
+    BILLING_ACCOUNT_EVENTS,
+    TELEMETRY,
+    DEAD_LETTER,
+)
+
+
+def topic_named(name: str) -> Topic:
+    for topic in CATALOGUE:
+        if topic.name == name:
+            return topic
+    raise KeyError(name)

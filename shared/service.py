@@ -1,0 +1,156 @@
+"""The wiring every service shares, built inside async context managers (nothing at import).
+
+``service_runtime`` connects to MongoDB and Kafka, creates indexes and missing topics, starts
+the outbox relay and the service's consumer groups, and tears all of it down in reverse order.
+``build_service_app`` wraps a runtime into the service's FastAPI app, with readiness checks
+and token verification. Each service's ``inject.py`` only says what is its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, FastAPI
+from pymongo import IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared import projections
+from shared.auth import PrincipalResolver, TokenVerifier, projection_resolver
+from shared.bus import ConsumerRunner, Consumers, Publisher, Subscription, ensure_topics
+from shared.config import ServiceSettings
+from shared.contracts import SIGNING_KEYS
+from shared.http import create_app
+from shared.logging import configure_logging, get_logger
+from shared.store import Document, Mongo, OutboxRelay
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What a running service holds: its settings, database, publisher, relay and consumers."""
+
+    name: str
+    settings: ServiceSettings
+    mongo: Mongo
+    publisher: Publisher
+    relay: OutboxRelay
+    consumers: Consumers
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def db(self) -> AsyncDatabase[Document]:
+        return self.mongo.db
+
+    async def kafka_ready(self) -> bool:
+        try:
+            await asyncio.wait_for(self.publisher.producer.client.fetch_all_metadata(), 3)
+            return True
+        except Exception:
+            return False
+
+    async def mongo_ready(self) -> bool:
+        return await self.mongo.ping()
+
+    async def consumers_ready(self) -> bool:
+        return self.consumers.healthy()
+
+
+SubscriptionFactory = Callable[[AsyncDatabase[Document], Publisher], Iterable[Subscription]]
+
+
+def signing_keys_subscription(service: str, db: AsyncDatabase[Document]) -> Subscription:
+    """Every service keeps the token-verifying public keys in its own database."""
+    return Subscription(
+        group=f"{service}.signing-keys",
+        handlers={SIGNING_KEYS.name: projections.signing_keys(db)},
+    )
+
+
+@asynccontextmanager
+async def service_runtime(
+    name: str,
+    settings: ServiceSettings,
+    *,
+    indexes: Mapping[str, Iterable[IndexModel]],
+    outbox_collections: tuple[str, ...],
+    subscriptions: SubscriptionFactory,
+) -> AsyncIterator[Runtime]:
+    configure_logging(name, settings.log_level)
+    await ensure_topics(settings.kafka)
+    async with Mongo(settings.mongo, name) as mongo, Publisher(settings.kafka, name) as publisher:
+        await mongo.ensure_indexes(indexes)
+        relay = OutboxRelay(
+            mongo.db, outbox_collections, publisher, settings.mongo.outbox_poll_ms / 1000
+        )
+        subs = [signing_keys_subscription(name, mongo.db), *subscriptions(mongo.db, publisher)]
+        runners = [ConsumerRunner(settings.kafka, sub, publisher) for sub in subs]
+        relay_task = asyncio.create_task(relay.run())
+        try:
+            async with Consumers(runners) as consumers:
+                log.info("service started", consumer_groups=[s.group for s in subs])
+                yield Runtime(name, settings, mongo, publisher, relay, consumers)
+        finally:
+            relay.stop()
+            await relay_task
+            log.info("service stopped")
+
+
+AppSetup = Callable[[FastAPI, Runtime], Awaitable[None]]
+
+
+def build_service_app(
+    *,
+    name: str,
+    prefix: str,
+    settings: ServiceSettings,
+    routers: Sequence[APIRouter],
+    indexes: Mapping[str, Iterable[IndexModel]],
+    outbox_collections: tuple[str, ...],
+    subscriptions: SubscriptionFactory,
+    setup: AppSetup | None = None,
+    resolver: Callable[[Runtime], PrincipalResolver] | None = None,
+) -> FastAPI:
+    """The service's FastAPI app; its lifespan runs the runtime and fills ``app.state``."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with service_runtime(
+            name,
+            settings,
+            indexes=indexes,
+            outbox_collections=outbox_collections,
+            subscriptions=subscriptions,
+        ) as runtime:
+            app.state.runtime = runtime
+            app.state.verifier = TokenVerifier(runtime.db, settings.auth)
+            app.state.resolve_principal = (
+                resolver(runtime) if resolver else projection_resolver(runtime.db)
+            )
+            app.state.readiness = {
+                "kafka": runtime.kafka_ready,
+                "mongodb": runtime.mongo_ready,
+                "consumers": runtime.consumers_ready,
+            }
+            if setup is not None:
+                await setup(app, runtime)
+            yield
+
+    return create_app(service=name, prefix=prefix, routers=routers, lifespan=lifespan)
+
+
+def serve(app: FastAPI, settings: ServiceSettings, port: int) -> None:
+    """Run ``app`` under uvicorn until SIGINT/SIGTERM; the lifespan shuts down cleanly."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=settings.http.host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )

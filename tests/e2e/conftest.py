@@ -1,0 +1,104 @@
+"""The platform under test: the five services as real processes on the test's Kafka and MongoDB."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.identity.adapters.keys import generate_private_pem
+from tests.e2e.flows import Platform
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("identity", "devices", "meters", "tickets", "notify")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:  # type: ignore[no-untyped-def]
+    logs = tmp_path_factory.mktemp("platform-logs")
+    ports = {name: _free_port() for name in SERVICES}
+    agent_password = secrets.token_urlsafe(16)
+    signing_key = generate_private_pem()
+    prefix = "e2e" + secrets.token_hex(4)
+    env = {
+        **os.environ,
+        "FLEETDESK_ENVIRONMENT": "test",
+        "FLEETDESK_KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+        "FLEETDESK_MONGO_URL": infra.mongo_url,
+        "FLEETDESK_MONGO_DATABASE_PREFIX": prefix,
+        "FLEETDESK_MONGO_OUTBOX_POLL_MS": "200",
+        "FLEETDESK_IDENTITY_SIGNING_KEY_PEM": signing_key,
+        "FLEETDESK_IDENTITY_BOOTSTRAP_AGENT_EMAIL": "agent@service-centre.test",
+        "FLEETDESK_IDENTITY_BOOTSTRAP_AGENT_PASSWORD": agent_password,
+        # Every test client comes from 127.0.0.1: the per-client limit is tested on its own.
+        "FLEETDESK_IDENTITY_SIGNIN_CLIENT_LIMIT": "10000",
+        **{f"FLEETDESK_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+    }
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name in SERVICES:
+            log = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        pending = set(SERVICES)
+        deadline = time.monotonic() + 120
+        while pending:
+            for name in sorted(pending):
+                if procs[name].poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited: {(logs / f'{name}.log').read_text()[-3000:]}"
+                    )
+                if _ready(ports[name]):
+                    pending.discard(name)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"services not ready: {sorted(pending)}")
+            time.sleep(0.2)
+        yield Platform(
+            urls={name: f"http://127.0.0.1:{port}" for name, port in ports.items()},
+            kafka_bootstrap=infra.kafka_bootstrap,
+            agent_email="agent@service-centre.test",
+            agent_password=agent_password,
+            logs=logs,
+            mongo_url=infra.mongo_url,
+            database_prefix=prefix,
+            signing_key_pem=signing_key,
+        )
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
