@@ -21,6 +21,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 from tenacity import (
     AsyncRetrying,
+    retry_if_exception_type,
     retry_if_not_exception_type,
     stop_after_attempt,
     wait_exponential,
@@ -291,7 +292,10 @@ class ConsumerRunner:
                     multiplier=self._settings.retry_backoff_ms / 1000,
                     max=self._settings.retry_backoff_max_ms / 1000,
                 ),
-                retry=retry_if_not_exception_type(PermanentError),
+                # Only failures are retried: a cancellation (shutdown) must end the runner
+                # before the commit, not be swallowed and turned into another attempt.
+                retry=retry_if_exception_type(Exception)
+                & retry_if_not_exception_type(PermanentError),
                 reraise=True,
             ):
                 with attempt:

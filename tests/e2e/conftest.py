@@ -51,7 +51,7 @@ def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         "FLEETDESK_MONGO_DATABASE_PREFIX": prefix,
         "FLEETDESK_MONGO_OUTBOX_POLL_MS": "200",
         "FLEETDESK_IDENTITY_SIGNING_KEY_PEM": signing_key,
-        "FLEETDESK_IDENTITY_BOOTSTRAP_AGENT_EMAIL": "agent@service-centre.test",
+        "FLEETDESK_IDENTITY_BOOTSTRAP_AGENT_EMAIL": "agent@service-centre.example.com",
         "FLEETDESK_IDENTITY_BOOTSTRAP_AGENT_PASSWORD": agent_password,
         # Every test client comes from 127.0.0.1: the per-client limit is tested on its own.
         "FLEETDESK_IDENTITY_SIGNIN_CLIENT_LIMIT": "10000",
@@ -85,7 +85,7 @@ def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         yield Platform(
             urls={name: f"http://127.0.0.1:{port}" for name, port in ports.items()},
             kafka_bootstrap=infra.kafka_bootstrap,
-            agent_email="agent@service-centre.test",
+            agent_email="agent@service-centre.example.com",
             agent_password=agent_password,
             logs=logs,
             mongo_url=infra.mongo_url,

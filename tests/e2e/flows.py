@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.contracts import IDENTITY_NOTIFICATIONS
+from tests.support import eventually, header, read_topic
 
 PASSWORD = "Correct-horse-42"
 
@@ -58,33 +58,16 @@ async def records_with_key(
     bootstrap: str, topic: str, key: str, event_type: str, *, wait_seconds: float = 15.0
 ) -> list[dict[str, Any]]:
     """Values of the ``event_type`` records on ``topic`` under ``key``, once one exists."""
-    deadline = time.monotonic() + wait_seconds
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not partitions:
-            await consumer.client.force_metadata_update()
-            partitions = [
-                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
-            ]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        found: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            for records in batch.values():
-                for r in records:
-                    headers = {k: v.decode() for k, v in r.headers}
-                    if r.key == key.encode() and headers.get("event_type") == event_type:
-                        found.append(json.loads(r.value))
-            if found and not batch:
-                return found
-        if found:
-            return found
-        raise AssertionError(f"no {event_type} for {key} on {topic} within {wait_seconds}s")
-    finally:
-        await consumer.stop()
+
+    async def matching() -> list[dict[str, Any]]:
+        return [
+            json.loads(r.value)
+            for r in await read_topic(bootstrap, topic)
+            if r.key == key.encode() and header(r, "event_type") == event_type
+        ]
+
+    found: list[dict[str, Any]] = await eventually(matching, timeout=wait_seconds)
+    return found
 
 
 class Fleet:
@@ -145,7 +128,7 @@ class Fleet:
         self, org: Org, email: str | None = None, serial: str | None = None
     ) -> tuple[str, str]:
         """Register with the org's first serial (once identity knows it): (user_id, email)."""
-        email = email or f"{unique('u')}@customer.test"
+        email = email or f"{unique('u')}@customer.example.com"
         body = {
             "email": email,
             "password": PASSWORD,
@@ -190,7 +173,7 @@ class Fleet:
     async def invite(
         self, org: Org, admin: User, role: str, device_ids: list[str] | None = None
     ) -> User:
-        email = f"{unique('i')}@customer.test"
+        email = f"{unique('i')}@customer.example.com"
         response = await self.http.post(
             self.url("identity", f"/identity/organisations/{org.org_id}/invitations"),
             json={"email": email, "role": role, "device_ids": device_ids or [], "language": "sv"},

@@ -58,7 +58,7 @@ async def world(platform: Platform) -> AsyncIterator[World]:
         tokens["agent"] = await fleet.agent()
         response = await client.post(
             fleet.url("identity", "/identity/staff"),
-            json={"email": f"{unique('tech')}@service-centre.test", "role": "technician"},
+            json={"email": f"{unique('tech')}@service-centre.example.com", "role": "technician"},
             headers=auth(tokens["agent"]),
         )
         assert response.status_code == 201, response.text
@@ -103,7 +103,7 @@ async def account(w: World, s: Side, h: dict[str, str]) -> httpx.Response:
 
 
 async def invite(w: World, s: Side, h: dict[str, str]) -> httpx.Response:
-    body = {"email": f"{unique('inv')}@customer.test", "role": "kb_viewer"}
+    body = {"email": f"{unique('inv')}@customer.example.com", "role": "kb_viewer"}
     return await w.fleet.http.post(
         _u(w, f"/identity/organisations/{s.org.org_id}/invitations"), json=body, headers=h
     )
@@ -128,7 +128,7 @@ async def assign_devices(w: World, s: Side, h: dict[str, str]) -> httpx.Response
 async def change_email(w: World, s: Side, h: dict[str, str]) -> httpx.Response:
     return await w.fleet.http.put(
         _u(w, f"/identity/users/{s.pending_user_id}/email"),
-        json={"email": f"{unique('mail')}@customer.test"},
+        json={"email": f"{unique('mail')}@customer.example.com"},
         headers=h,
     )
 
@@ -144,7 +144,7 @@ async def me(w: World, _s: Side, h: dict[str, str]) -> httpx.Response:
 
 
 async def invite_staff(w: World, _s: Side, h: dict[str, str]) -> httpx.Response:
-    body = {"email": f"{unique('staff')}@service-centre.test", "role": "technician"}
+    body = {"email": f"{unique('staff')}@service-centre.example.com", "role": "technician"}
     return await w.fleet.http.post(_u(w, "/identity/staff"), json=body, headers=h)
 
 

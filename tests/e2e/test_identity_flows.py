@@ -143,7 +143,7 @@ async def test_agent_corrects_email_and_resends_confirmation(fleet: Fleet) -> No
     first = await fleet.notification(user_id, "identity.confirmation-requested")
     agent = await fleet.agent()
 
-    right_email = f"{unique('fixed')}@customer.test"
+    right_email = f"{unique('fixed')}@customer.example.com"
     corrected = await fleet.http.put(
         fleet.url("identity", f"/identity/users/{user_id}/email"),
         json={"email": right_email},
@@ -247,7 +247,7 @@ async def test_bad_registrations_get_problem_details_and_create_nothing(
     org = await fleet.create_org()
     await fleet.add_device(org)
     await fleet.admin(org)  # also proves the serial is known to identity by now
-    email = f"{unique('bad')}@customer.test"
+    email = f"{unique('bad')}@customer.example.com"
     body: dict[str, object] = {
         "email": email,
         "password": PASSWORD,

@@ -107,9 +107,7 @@ NO_ROLE = Principal("u5", "org-a", None)
         (NO_ROLE, "org-a", "d1", False, False),
     ],
 )
-def test_device_scope(
-    principal: Principal, org: str, device: str, see: bool, manage: bool
-) -> None:
+def test_device_scope(principal: Principal, org: str, device: str, see: bool, manage: bool) -> None:
     assert can_see_device(principal, org, device) is see
     assert can_manage_device(principal, org, device) is manage
 
