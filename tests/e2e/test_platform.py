@@ -1,0 +1,108 @@
+"""The foundation end to end: five services ready on real Kafka and MongoDB-wire servers, their
+operational endpoints, problem details, and one cross-service flow through a state topic."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from shared.contracts import ORGANISATIONS
+from tests.e2e.conftest import SERVICES
+from tests.e2e.flows import Fleet, Platform, auth, unique
+from tests.support import eventually, header, read_topic
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def fleet(platform: Platform) -> AsyncIterator[Fleet]:
+    async with httpx.AsyncClient(timeout=20) as client:
+        yield Fleet(platform, client)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_service_is_live_ready_measured_and_documented(fleet: Fleet, service: str) -> None:
+    base = fleet.p.urls[service]
+    assert (await fleet.http.get(f"{base}/health")).json()["status"] == "ok"
+    ready = await fleet.http.get(f"{base}/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"kafka": True, "mongodb": True, "consumers": True}
+    metrics = await fleet.http.get(f"{base}/metrics")
+    assert "fleetdesk_http_requests_total" in metrics.text
+    assert (await fleet.http.get(f"{base}/{service}/docs")).status_code == 200
+    spec = (await fleet.http.get(f"{base}/{service}/openapi.json")).json()
+    assert spec["info"]["title"] == f"Fleetdesk {service}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_errors_are_problem_details_without_internals(fleet: Fleet, service: str) -> None:
+    base = fleet.p.urls[service]
+    missing = await fleet.http.get(f"{base}/{service}/no/such/thing/here")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["type"].endswith("/not-found")
+    unauthenticated = await fleet.http.get(
+        f"{base}/devices" if service == "devices" else f"{base}/identity/me"
+    )
+    if service in ("devices", "identity"):
+        assert unauthenticated.status_code == 401
+        assert unauthenticated.json()["type"].endswith("/unauthenticated")
+
+
+async def test_malformed_json_is_a_problem_not_a_crash(fleet: Fleet) -> None:
+    response = await fleet.http.post(
+        fleet.url("devices", "/devices"),
+        content=b'{"org_id": ',
+        headers={"content-type": "application/json", **auth(await fleet.agent())},
+    )
+    assert response.status_code == 422
+    body = response.json()
+    assert body["type"].endswith("/validation-error")
+    assert "Traceback" not in response.text and "pymongo" not in response.text
+
+
+async def test_organisation_reaches_devices_through_the_state_topic_with_its_correlation_id(
+    fleet: Fleet,
+) -> None:
+    correlation_id = unique("corr")
+    body = {"customer_number": unique("C"), "system_id": unique("S"), "name": "Flow Oy"}
+    created = await fleet.http.post(
+        fleet.url("identity", "/identity/organisations"),
+        json=body,
+        headers={**auth(await fleet.agent()), "X-Correlation-ID": correlation_id},
+    )
+    assert created.status_code == 201
+    assert created.headers["X-Correlation-ID"] == correlation_id
+    org_id = created.json()["org_id"]
+
+    # The outbox relay published the organisation's state, carrying the request's correlation id.
+    async def published() -> list[object]:
+        records = await read_topic(fleet.p.kafka_bootstrap, ORGANISATIONS.name)
+        return [r for r in records if r.key == org_id.encode()]
+
+    (record,) = await eventually(published)
+    assert header(record, "correlation_id") == correlation_id
+    assert header(record, "event_type") == "identity.organisation.state"
+    assert header(record, "producer") == "identity"
+
+    # The devices service knows the organisation only from its own projection of that topic.
+    device = {"org_id": org_id, "serial": unique("SN"), "model": "MX-4071"}
+
+    async def accepted() -> httpx.Response | None:
+        r = await fleet.http.post(
+            fleet.url("devices", "/devices"), json=device, headers=auth(await fleet.agent())
+        )
+        assert r.status_code in (201, 422), r.text
+        return r if r.status_code == 201 else None
+
+    response = await eventually(accepted)
+    assert response.json()["org_id"] == org_id
+    unknown = await fleet.http.post(
+        fleet.url("devices", "/devices"),
+        json={**device, "org_id": "no-such-org", "serial": unique("SN")},
+        headers=auth(await fleet.agent()),
+    )
+    assert unknown.status_code == 422
+    assert unknown.json()["type"].endswith("/unknown-organisation")
