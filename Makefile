@@ -9,7 +9,7 @@ install:
 	$(UV) sync --frozen
 
 run: install
-	$(UV) run --frozen python deploy/local/platform.py
+	$(UV) run --frozen python deploy/local/run_platform.py
 
 # pytest exits 5 when it collected no test; that is a failure here too.
 test: install

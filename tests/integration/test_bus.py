@@ -72,7 +72,7 @@ class Running:
     async def started(self) -> None:
         started = asyncio.create_task(self.runner.started.wait())
         done, _ = await asyncio.wait(
-            {started, self.task}, timeout=STOP_TIMEOUT, return_when="FIRST_COMPLETED"
+            {started, self.task}, timeout=STOP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
         )
         if self.task in done:
             self.task.result()  # re-raise why the runner ended
