@@ -27,7 +27,7 @@ test-e2e: install
 lint: install
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
-	$(UV) run --frozen mypy shared
+	$(UV) run --frozen mypy shared services deploy/local
 	$(UV) run --frozen python -m shared.asyncapi --check
 
 format: install

@@ -71,7 +71,7 @@ class Publisher:
             client_id=f"{self.service}-producer",
             enable_idempotence=True,
             acks="all",
-            linger_ms=5,
+            linger_ms=0,
         )
         await self._producer.start()
         return self
@@ -227,6 +227,7 @@ class ConsumerRunner:
         self._client_id = client_id or subscription.group
         self._stopping = asyncio.Event()
         self.started = asyncio.Event()
+        self._counters: dict[tuple[str, str], Any] = {}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -284,10 +285,35 @@ class ConsumerRunner:
         )
         bind_correlation_id(headers.get(HEADER_CORRELATION_ID))
         handler = self._sub.handlers[msg.topic]
-        attempts = 0
+        try:
+            # The common case, without the retry machinery: one attempt that succeeds.
+            await handler(msg)
+        except PermanentError as exc:
+            await self._dead_letter(msg, exc, 1)
+            return
+        except Exception as exc:  # noqa: BLE001 - retried below, then dead-lettered
+            await self._retry(handler, msg, exc)
+            return
+        self._count(msg.topic, "ok")
+
+    def _count(self, topic: str, outcome: str) -> None:
+        counter = self._counters.get((topic, outcome))
+        if counter is None:
+            counter = self._counters[(topic, outcome)] = MESSAGES.labels(
+                self._sub.group, topic, outcome
+            )
+        counter.inc()
+
+    async def _retry(self, handler: Handler, msg: Message, first: Exception) -> None:
+        """Attempts 2..n with exponential backoff; the first one failed with ``first``."""
+        attempts = 1
+        if self._settings.handler_attempts == 1:
+            await self._dead_letter(msg, first, attempts)
+            return
+        await asyncio.sleep(self._settings.retry_backoff_ms / 1000)
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self._settings.handler_attempts),
+                stop=stop_after_attempt(self._settings.handler_attempts - 1),
                 wait=wait_exponential(
                     multiplier=self._settings.retry_backoff_ms / 1000,
                     max=self._settings.retry_backoff_max_ms / 1000,
@@ -301,11 +327,10 @@ class ConsumerRunner:
                 with attempt:
                     attempts += 1
                     await handler(msg)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - parked with its reason, never swallowed
             await self._dead_letter(msg, exc, attempts)
-            MESSAGES.labels(self._sub.group, msg.topic, "dead_lettered").inc()
             return
-        MESSAGES.labels(self._sub.group, msg.topic, "ok").inc()
+        self._count(msg.topic, "ok")
 
     async def _dead_letter(self, msg: Message, exc: Exception, attempts: int) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:2000]
@@ -318,6 +343,7 @@ class ConsumerRunner:
             group=self._sub.group,
             reason=reason,
         )
+        self._count(msg.topic, "dead_lettered")
         letter = DeadLetter(
             original_topic=msg.topic,
             partition=msg.partition,

@@ -18,12 +18,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"identity": 8001, "devices": 8002, "meters": 8003, "tickets": 8004, "notify": 8005}
 
 
-def _infra_module():  # type: ignore[no-untyped-def]
+def _infra_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "fleetdesk_local_infra", Path(__file__).with_name("infra.py")
     )

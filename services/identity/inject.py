@@ -66,7 +66,7 @@ async def ensure_bootstrap_agent(store: IdentityStore, settings: IdentitySetting
     email = normalise_email(settings.identity_bootstrap_agent_email)
     if await store.user_by_email(email) is not None:
         return
-    doc = {
+    doc: Document = {
         "_id": uuid.uuid4().hex,
         "org_id": None,
         "email": email,
