@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pymongo import AsyncMongoClient, IndexModel
@@ -114,6 +115,46 @@ async def insert_once(collection: AsyncCollection[Document], doc: Document) -> b
         return True
     except DuplicateKeyError:
         return False
+
+
+class LockBusy(Exception):
+    """Another holder kept the lock for longer than we were willing to wait."""
+
+
+class Locks:
+    """Short mutual exclusion between processes, built on a unique ``_id`` insert.
+
+    Why not a conditional update: FerretDB (1.x, SQLite) evaluates an update's filter and writes
+    the result in separate steps, so two concurrent ``update_one({..., cond}, ...)`` can both
+    "match" and the last writer wins. A duplicate ``_id`` is refused atomically by every
+    MongoDB-wire server, so that is the primitive everything that must happen once rests on.
+    A holder that crashed is taken over after its lease.
+    """
+
+    def __init__(self, collection: AsyncCollection[Document]) -> None:
+        self._locks = collection
+
+    @contextlib.asynccontextmanager
+    async def hold(
+        self, name: str, *, lease_seconds: float = 10.0, wait_seconds: float = 5.0
+    ) -> AsyncIterator[None]:
+        owner = new_event_id()
+        give_up = time.monotonic() + wait_seconds
+        while True:
+            now = utcnow()
+            if await insert_once(
+                self._locks,
+                {"_id": name, "owner": owner, "expires_at": now + timedelta(seconds=lease_seconds)},
+            ):
+                break
+            await self._locks.delete_one({"_id": name, "expires_at": {"$lt": now}})
+            if time.monotonic() > give_up:
+                raise LockBusy(name)
+            await asyncio.sleep(0.02)
+        try:
+            yield
+        finally:
+            await self._locks.delete_one({"_id": name, "owner": owner})
 
 
 async def upsert_if_newer(

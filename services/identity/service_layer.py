@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -40,7 +42,7 @@ from shared.contracts import (
     UserStatus,
 )
 from shared.http import Problem
-from shared.store import Document
+from shared.store import Document, LockBusy
 
 CONFIRM = "confirm"
 INVITE = "invite"
@@ -175,12 +177,31 @@ class Identity:
                 400, "token-invalid", "The confirmation link is not valid", "it was superseded"
             )
         changes: Document = {"status": UserStatus.ACTIVE.value}
-        if user.get("org_id") and await self.store.claim_first_admin(user["org_id"], user["_id"]):
-            changes["role"] = Role.ADMIN.value  # the first confirmed user of an organisation
+        org_id = user.get("org_id")
+        if org_id is None:
+            return await self._update(user, changes)
+        async with self._admins_of(org_id):
+            if not await self.store.admins(org_id):
+                changes["role"] = Role.ADMIN.value  # the first confirmed user of an organisation
+            updated = await self._update(user, changes)
+            if updated.get("role") == Role.ADMIN.value:
+                await self.store.add_admin(org_id, user["_id"])
+        return updated
+
+    async def _update(self, user: Document, changes: Document) -> Document:
         updated = await self.store.update_user(user, changes)
         if updated is None:
             raise concurrent()
         return updated
+
+    @asynccontextmanager
+    async def _admins_of(self, org_id: str) -> AsyncIterator[None]:
+        """Hold the organisation's admin set: its checks and changes happen one at a time."""
+        try:
+            async with self.store.admins_lock(org_id):
+                yield
+        except LockBusy as exc:
+            raise concurrent() from exc
 
     async def resend_confirmation(self, principal: Principal, user_id: str) -> Document:
         require_role(principal, Role.AGENT)
@@ -324,11 +345,12 @@ class Identity:
         }
         if data.name:
             changes["name"] = data.name
-        updated = await self.store.update_user(user, changes)
-        if updated is None:
-            raise concurrent()
-        if updated.get("org_id") and updated.get("role") == Role.ADMIN.value:
-            await self.store.add_admin(updated["org_id"], updated["_id"])
+        org_id = user.get("org_id")
+        if org_id is None or user.get("role") != Role.ADMIN.value:
+            return await self._update(user, changes)
+        async with self._admins_of(org_id):
+            updated = await self._update(user, changes)
+            await self.store.add_admin(org_id, user["_id"])
         return updated
 
     # --- roles and devices -----------------------------------------------------------------
@@ -358,26 +380,30 @@ class Identity:
 
     async def change_role(self, principal: Principal, user_id: str, role: Role) -> Document:
         require_role(principal, Role.ADMIN)  # admins, and nobody else, give roles
-        user = await self.visible_user(principal, user_id)
-        org_id = user["org_id"]
-        if user.get("role") == Role.ADMIN.value and role is not Role.ADMIN:
-            if not await self.store.remove_admin_unless_last(org_id, user_id):
+        org_id = (await self.visible_user(principal, user_id))["org_id"]
+        async with self._admins_of(org_id):
+            # Read again under the lock: a concurrent change may have demoted either side.
+            actor = await self.store.user(principal.user_id)
+            if actor is None or actor.get("role") != Role.ADMIN.value:
+                raise forbidden("your role does not allow this")
+            user = await self.visible_user(principal, user_id)
+            admins = await self.store.admins(org_id)
+            demoting = user_id in admins and role is not Role.ADMIN
+            if demoting and not [a for a in admins if a != user_id]:
                 raise Problem(
                     409,
                     "last-admin",
                     "An organisation keeps at least one admin",
                     "make another user admin before changing this one's role",
                 )
-        changes: Document = {"role": role.value}
-        if role not in DEVICE_HOLDING_ROLES:
-            changes["device_ids"] = []
-        updated = await self.store.update_user(user, changes)
-        if updated is None:
-            if user.get("role") == Role.ADMIN.value:
+            changes: Document = {"role": role.value}
+            if role not in DEVICE_HOLDING_ROLES:
+                changes["device_ids"] = []
+            updated = await self._update(user, changes)
+            if demoting:
+                await self.store.remove_admin(org_id, user_id)
+            elif role is Role.ADMIN and updated["status"] == UserStatus.ACTIVE.value:
                 await self.store.add_admin(org_id, user_id)
-            raise concurrent()
-        if role is Role.ADMIN and updated["status"] == UserStatus.ACTIVE.value:
-            await self.store.add_admin(org_id, user_id)
         return updated
 
     async def assign_devices(
@@ -387,10 +413,7 @@ class Identity:
         user = await self.visible_user(principal, user_id)
         role = Role(user["role"]) if user.get("role") else None
         checked = await self._checked_devices(user["org_id"], role, device_ids)
-        updated = await self.store.update_user(user, {"device_ids": checked})
-        if updated is None:
-            raise concurrent()
-        return updated
+        return await self._update(user, {"device_ids": checked})
 
     # --- sign-in ---------------------------------------------------------------------------
 

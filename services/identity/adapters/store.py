@@ -4,21 +4,24 @@ together with its state event in the document's outbox (one atomic single-docume
 from __future__ import annotations
 
 import uuid
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.identity.core.model import new_secret_token, token_digest
 from shared import projections
 from shared.contracts import ORGANISATIONS, USERS, OrganisationState, Topic, UserState
 from shared.events import Event, utcnow
-from shared.store import Document, insert_once, new_with_outbox, with_outbox
+from shared.store import Document, Locks, insert_once, new_with_outbox, with_outbox
 
 ORGS = "organisations"
 USERS_COLL = "users"
 TOKENS = "tokens"
+TOKEN_USES = "token_uses"
+LOCKS = "locks"
 ACCOUNT = "account_entries"
 FAILURES = "signin_failures"
 
@@ -66,6 +69,8 @@ class IdentityStore:
         self.orgs = db[ORGS]
         self.users = db[USERS_COLL]
         self.tokens = db[TOKENS]
+        self.token_uses = db[TOKEN_USES]
+        self.locks = Locks(db[LOCKS])
 
     # --- organisations ---------------------------------------------------------------------
 
@@ -83,26 +88,21 @@ class IdentityStore:
     async def org(self, org_id: str) -> Document | None:
         return await self.orgs.find_one({"_id": org_id}, {"outbox": 0})
 
-    async def claim_first_admin(self, org_id: str, user_id: str) -> bool:
-        """Atomically make ``user_id`` the organisation's admin if it has none yet."""
-        result = await self.orgs.update_one(
-            {"_id": org_id, "admins.0": {"$exists": False}}, {"$addToSet": {"admins": user_id}}
-        )
-        return result.modified_count == 1
+    # The admin set of an organisation is read and changed only under ``admins_lock``: the
+    # check ("is another admin left?") and the change must not interleave with another's.
+
+    def admins_lock(self, org_id: str) -> AbstractAsyncContextManager[None]:
+        return self.locks.hold(f"org-admins:{org_id}")
+
+    async def admins(self, org_id: str) -> list[str]:
+        org = await self.orgs.find_one({"_id": org_id}, {"admins": 1})
+        return list(org.get("admins", [])) if org else []
 
     async def add_admin(self, org_id: str, user_id: str) -> None:
         await self.orgs.update_one({"_id": org_id}, {"$addToSet": {"admins": user_id}})
 
-    async def remove_admin_unless_last(self, org_id: str, user_id: str) -> bool:
-        """Remove an admin only while another remains (checked and changed in one write)."""
-        org = await self.orgs.find_one({"_id": org_id, "admins": user_id}, {"_id": 1})
-        if org is None:
-            return True  # not an admin in the set: nothing to protect
-        result = await self.orgs.update_one(
-            {"_id": org_id, "admins": user_id, "admins.1": {"$exists": True}},
-            {"$pull": {"admins": user_id}},
-        )
-        return result.modified_count == 1
+    async def remove_admin(self, org_id: str, user_id: str) -> None:
+        await self.orgs.update_one({"_id": org_id}, {"$pull": {"admins": user_id}})
 
     # --- users -----------------------------------------------------------------------------
 
@@ -156,24 +156,29 @@ class IdentityStore:
         return raw, expires_at
 
     async def consume_token(self, raw: str, purpose: str) -> Document | None:
-        """Mark a live token used and return it; None when unknown, used or expired."""
+        """Use a live token once and return it; None when unknown, used or expired.
+
+        "Once" rests on inserting the token's use under its digest: a second insert of the
+        same ``_id`` is refused atomically, whoever races.
+        """
+        digest = token_digest(raw)
         now = utcnow()
-        return await self.tokens.find_one_and_update(
-            {
-                "_id": token_digest(raw),
-                "purpose": purpose,
-                "used_at": None,
-                "expires_at": {"$gt": now},
-            },
-            {"$set": {"used_at": now}},
-            return_document=ReturnDocument.AFTER,
+        record = await self.tokens.find_one(
+            {"_id": digest, "purpose": purpose, "used_at": None, "expires_at": {"$gt": now}}
         )
+        if record is None or not await insert_once(self.token_uses, {"_id": digest, "at": now}):
+            return None
+        await self.tokens.update_one({"_id": digest}, {"$set": {"used_at": now}})
+        return record
 
     async def revoke_tokens(self, user_id: str, purpose: str) -> None:
-        await self.tokens.update_many(
-            {"user_id": user_id, "purpose": purpose, "used_at": None},
-            {"$set": {"used_at": utcnow()}},
-        )
+        """Supersede the user's live tokens of ``purpose`` (a newer link replaces them)."""
+        now = utcnow()
+        async for record in self.tokens.find(
+            {"user_id": user_id, "purpose": purpose, "used_at": None}, {"_id": 1}
+        ):
+            await insert_once(self.token_uses, {"_id": record["_id"], "at": now})
+            await self.tokens.update_one({"_id": record["_id"]}, {"$set": {"used_at": now}})
 
     # --- devices (projection of the devices state topic) -----------------------------------
 
