@@ -291,7 +291,7 @@ class ConsumerRunner:
         except PermanentError as exc:
             await self._dead_letter(msg, exc, 1)
             return
-        except Exception as exc:  # noqa: BLE001 - retried below, then dead-lettered
+        except Exception as exc:  # retried below, then dead-lettered
             await self._retry(handler, msg, exc)
             return
         self._count(msg.topic, "ok")
@@ -327,7 +327,7 @@ class ConsumerRunner:
                 with attempt:
                     attempts += 1
                     await handler(msg)
-        except Exception as exc:  # noqa: BLE001 - parked with its reason, never swallowed
+        except Exception as exc:  # parked with its reason, never swallowed
             await self._dead_letter(msg, exc, attempts)
             return
         self._count(msg.topic, "ok")

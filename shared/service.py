@@ -84,7 +84,11 @@ async def service_runtime(
     async with Mongo(settings.mongo, name) as mongo, Publisher(settings.kafka, name) as publisher:
         await mongo.ensure_indexes(indexes)
         relay = OutboxRelay(
-            mongo.db, outbox_collections, publisher, settings.mongo.outbox_poll_ms / 1000
+            mongo.db,
+            outbox_collections,
+            publisher,
+            mongo.doc_locks,
+            settings.mongo.outbox_poll_ms / 1000,
         )
         subs = [signing_keys_subscription(name, mongo.db), *subscriptions(mongo.db, publisher)]
         runners = [ConsumerRunner(settings.kafka, sub, publisher) for sub in subs]

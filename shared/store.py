@@ -36,6 +36,33 @@ OUTBOX = "outbox"
 PENDING = {OUTBOX: {"$exists": True, "$ne": {}}}
 
 
+class DocumentLocks:
+    """Serialises this process's updates of one document (writers and the outbox relay).
+
+    MongoDB applies each single-document update atomically, but FerretDB (1.x, SQLite) reads,
+    modifies and writes a document in separate steps: two concurrent updates of one document
+    can lose one of them (an outbox entry set by a writer while the relay unsets another).
+    Within one process these locks rule that out; across instances, run on MongoDB.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, Any], asyncio.Lock] = {}
+        self._users: dict[tuple[str, Any], int] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, collection: str, doc_id: Any) -> AsyncIterator[None]:
+        key = (collection, doc_id)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]
+
+
 class Mongo:
     """One client and the service's own database; closed on exit."""
 
@@ -43,6 +70,7 @@ class Mongo:
         self._settings = settings
         self.name = f"{settings.database_prefix}_{service}"
         self._client: AsyncMongoClient[Document] | None = None
+        self.doc_locks = DocumentLocks()
 
     async def __aenter__(self) -> Mongo:
         self._client = AsyncMongoClient(
@@ -183,6 +211,7 @@ class OutboxRelay:
     db: AsyncDatabase[Document]
     collections: tuple[str, ...]
     publisher: Publisher
+    doc_locks: DocumentLocks
     poll_seconds: float = 0.5
 
     def __post_init__(self) -> None:
@@ -199,13 +228,13 @@ class OutboxRelay:
 
     async def run(self) -> None:
         while not self._stopping.is_set():
+            self._wake.clear()  # a nudge from here on wakes the next round
             try:
                 await self.publish_pending()
             except Exception as exc:
                 log.error("outbox relay round failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
-            self._wake.clear()
 
     async def publish_pending(self) -> int:
         """Publish every pending entry of every collection; return how many were published."""
@@ -231,7 +260,8 @@ class OutboxRelay:
                 producer=self.publisher.service,
             )
             await self.publisher.publish(topic, entry["key"], event, envelope=envelope)
-            await collection.update_one(
-                {"_id": doc["_id"]}, {"$unset": {f"{OUTBOX}.{event_id}": ""}}
-            )
+            async with self.doc_locks.hold(collection.name, doc["_id"]):
+                await collection.update_one(
+                    {"_id": doc["_id"]}, {"$unset": {f"{OUTBOX}.{event_id}": ""}}
+                )
         return len(entries)

@@ -29,7 +29,7 @@ def subscriptions(db: AsyncDatabase[Document], _publisher: Publisher) -> Iterabl
 
 
 async def setup(app: FastAPI, runtime: Runtime) -> None:
-    app.state.store = DeviceStore(runtime.db)
+    app.state.store = DeviceStore(runtime.db, runtime.mongo.doc_locks)
 
 
 def build_app(settings: DevicesSettings | None = None) -> FastAPI:

@@ -95,7 +95,7 @@ def build_app(settings: IdentitySettings | None = None) -> FastAPI:
     )
 
     async def setup(app: FastAPI, runtime: Runtime) -> None:
-        store = IdentityStore(runtime.db)
+        store = IdentityStore(runtime.db, runtime.mongo.doc_locks)
         app.state.identity = Identity(store, signer, settings)
         await publish_signing_key(runtime, signer)
         await ensure_bootstrap_agent(store, settings)

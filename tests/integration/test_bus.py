@@ -19,7 +19,7 @@ from shared.bus import ConsumerRunner, Message, Publisher, Subscription, ensure_
 from shared.config import KafkaSettings, MongoSettings
 from shared.contracts import DEAD_LETTER, DEVICES, DeviceState, Topic
 from shared.events import HEADER_EVENT_ID, Event
-from shared.store import OUTBOX, Mongo, OutboxRelay, insert_once, new_with_outbox
+from shared.store import OUTBOX, Mongo, OutboxRelay, insert_once, new_with_outbox, with_outbox
 from tests.conftest import Infra
 from tests.support import create_topic, eventually, header, read_topic
 
@@ -286,7 +286,7 @@ async def test_a_crash_between_write_and_publish_is_repaired_by_the_outbox_relay
     assert stored[OUTBOX][event_id]["topic"] == DEVICES.name
     assert stored[OUTBOX][event_id]["event_type"] == DeviceState.event_type
 
-    relay = OutboxRelay(mongo.db, ("devices",), publisher, poll_seconds=0.1)
+    relay = OutboxRelay(mongo.db, ("devices",), publisher, mongo.doc_locks, poll_seconds=0.1)
     task = asyncio.create_task(relay.run())
     try:
 
@@ -316,3 +316,52 @@ async def test_a_crash_between_write_and_publish_is_repaired_by_the_outbox_relay
     # Nothing pending: another round publishes nothing, and nothing more arrives.
     assert await relay.publish_pending() == 0
     assert len(await published()) == 1
+
+
+async def test_writes_racing_the_relay_on_one_document_lose_no_event(
+    kafka_settings: KafkaSettings, publisher: Publisher, mongo: Mongo
+) -> None:
+    """Rapid updates of one document while the relay empties its outbox: every event arrives.
+
+    FerretDB applies an update as read-modify-write; without the shared document locks the
+    relay's ``$unset`` of one entry could overwrite a writer's ``$set`` of the next.
+    """
+    device_id = unique("dev")
+    devices = mongo.db["devices"]
+    await devices.insert_one({"_id": device_id, "revision": 0, OUTBOX: {}})
+    relay = OutboxRelay(mongo.db, ("devices",), publisher, mongo.doc_locks, poll_seconds=0.01)
+    task = asyncio.create_task(relay.run())
+    revisions = range(1, 31)
+    try:
+        for revision in revisions:
+            event = DeviceState(
+                device_id=device_id, org_id="org", serial="SN-1", model="M1", revision=revision
+            )
+            async with mongo.doc_locks.hold("devices", device_id):
+                await devices.update_one(
+                    {"_id": device_id},
+                    with_outbox({"$set": {"revision": revision}}, (DEVICES, device_id, event)),
+                )
+            relay.nudge()
+            await asyncio.sleep(0)  # let the relay interleave with the next write
+
+        async def outbox_emptied() -> bool:
+            current = await devices.find_one({"_id": device_id})
+            return current is not None and current[OUTBOX] == {}
+
+        await eventually(outbox_emptied, what="outbox emptied by the relay")
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, STOP_TIMEOUT)
+
+    async def all_published() -> list[int] | None:
+        records = await read_topic(kafka_settings.bootstrap_servers, DEVICES.name)
+        seen = [
+            DeviceState.model_validate_json(r.value).revision
+            for r in records
+            if r.key == device_id.encode()
+        ]
+        return seen if len(seen) >= len(revisions) else None
+
+    # In order (one key, one partition), each revision exactly once.
+    assert await eventually(all_published) == list(revisions)
