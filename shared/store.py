@@ -98,9 +98,12 @@ class Mongo:
 
     async def ensure_indexes(self, indexes: Mapping[str, Iterable[IndexModel]]) -> None:
         for collection, models in indexes.items():
-            models = list(models)
-            if models:
-                await self.db[collection].create_indexes(models)
+            existing = {ix["name"] async for ix in await self.db[collection].list_indexes()}
+            for model in models:
+                # One at a time, and only missing ones: FerretDB 1.24 panics on a
+                # createIndexes that names several indexes of which some already exist.
+                if model.document["name"] not in existing:
+                    await self.db[collection].create_indexes([model])
 
 
 def outbox_entries(*events: tuple[Topic, str, Event]) -> dict[str, Document]:

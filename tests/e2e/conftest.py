@@ -36,6 +36,56 @@ def _ready(port: int) -> bool:
         return False
 
 
+class Processes:
+    """The services as child processes: started, killed and restarted by the tests."""
+
+    def __init__(self, env: dict[str, str], ports: dict[str, int], logs: Path) -> None:
+        self.env, self.ports, self.logs = env, ports, logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, *names: str) -> None:
+        for name in names:
+            log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        pending = set(names)
+        deadline = time.monotonic() + 120
+        while pending:
+            for name in sorted(pending):
+                if self.procs[name].poll() is not None:
+                    tail = (self.logs / f"{name}.log").read_text()[-3000:]
+                    raise RuntimeError(f"{name} exited: {tail}")
+                if _ready(self.ports[name]):
+                    pending.discard(name)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"services not ready: {sorted(pending)}")
+            time.sleep(0.2)
+
+    def kill(self, name: str) -> None:
+        """A crash: SIGKILL, no shutdown hooks, nothing flushed or committed on the way out."""
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+
 @pytest.fixture(scope="session")
 def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:  # type: ignore[no-untyped-def]
     logs = tmp_path_factory.mktemp("platform-logs")
@@ -57,31 +107,9 @@ def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         "FLEETDESK_IDENTITY_SIGNIN_CLIENT_LIMIT": "10000",
         **{f"FLEETDESK_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    processes = Processes(env, ports, logs)
     try:
-        for name in SERVICES:
-            log = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
-            procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        pending = set(SERVICES)
-        deadline = time.monotonic() + 120
-        while pending:
-            for name in sorted(pending):
-                if procs[name].poll() is not None:
-                    raise RuntimeError(
-                        f"{name} exited: {(logs / f'{name}.log').read_text()[-3000:]}"
-                    )
-                if _ready(ports[name]):
-                    pending.discard(name)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"services not ready: {sorted(pending)}")
-            time.sleep(0.2)
+        processes.start(*SERVICES)
         yield Platform(
             urls={name: f"http://127.0.0.1:{port}" for name, port in ports.items()},
             kafka_bootstrap=infra.kafka_bootstrap,
@@ -91,14 +119,7 @@ def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
             mongo_url=infra.mongo_url,
             database_prefix=prefix,
             signing_key_pem=signing_key,
+            processes=processes,
         )
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        processes.stop_all()

@@ -28,6 +28,7 @@ class Platform:
     mongo_url: str
     database_prefix: str
     signing_key_pem: str
+    processes: Any  # tests.e2e.conftest.Processes: kill and restart services
 
 
 @dataclass

@@ -106,3 +106,23 @@ async def test_organisation_reaches_devices_through_the_state_topic_with_its_cor
     )
     assert unknown.status_code == 422
     assert unknown.json()["type"].endswith("/unknown-organisation")
+
+
+async def test_a_crashed_service_restarts_on_its_data_and_catches_up(fleet: Fleet) -> None:
+    """devices is killed (SIGKILL); what happened meanwhile reaches it after the restart, and
+    what it had accepted before is still there."""
+    org = await fleet.create_org()
+    device_id = await fleet.add_device(org)
+    agent = await fleet.agent()
+
+    fleet.p.processes.kill("devices")
+    later = await fleet.create_org()  # published while devices is down
+    fleet.p.processes.start("devices")
+
+    kept = await fleet.http.get(fleet.url("devices", f"/devices/{device_id}"), headers=auth(agent))
+    assert kept.status_code == 200 and kept.json()["org_id"] == org.org_id
+    await fleet.add_device(later)  # succeeds only once the projection caught up
+    listed = await fleet.http.get(
+        fleet.url("devices", "/devices"), params={"org_id": later.org_id}, headers=auth(agent)
+    )
+    assert [d["org_id"] for d in listed.json()] == [later.org_id]
