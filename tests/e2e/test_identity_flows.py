@@ -3,6 +3,7 @@ Kafka against the real platform."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -325,3 +326,62 @@ async def test_agent_sees_account_history_from_billing_events(
     extra = await simulate(platform.kafka_bootstrap, org.customer_number, count=1, seed=8)
     again = await eventually(lambda: entries(5))
     assert {e["entry_id"] for e in again["entries"]} == {e.entry_id for e in sent + extra}
+
+
+async def test_malformed_billing_events_are_dead_lettered_and_the_feed_goes_on(
+    fleet: Fleet, platform: Platform
+) -> None:
+    from services.identity.billing_simulator import simulate
+    from shared.bus import Publisher
+    from shared.config import KafkaSettings
+    from shared.contracts import BILLING_ACCOUNT_EVENTS, DEAD_LETTER
+    from tests.support import read_topic
+
+    org = await fleet.create_org()
+    bad = b'{"entry_id": "x", "customer_number": "' + org.customer_number.encode() + b'"}'
+    settings = KafkaSettings(bootstrap_servers=platform.kafka_bootstrap)
+    async with Publisher(settings, "billing-test") as publisher:
+        await publisher.send_raw(BILLING_ACCOUNT_EVENTS.name, org.customer_number, bad, [])
+    sent = await simulate(platform.kafka_bootstrap, org.customer_number, count=1, seed=3)
+
+    async def parked() -> list[dict[str, Any]]:
+        return [
+            letter
+            for r in await read_topic(platform.kafka_bootstrap, DEAD_LETTER.name)
+            if (letter := json.loads(r.value))["value"] == bad.decode()
+        ]
+
+    (letter,) = await eventually(parked)
+    assert letter["original_topic"] == BILLING_ACCOUNT_EVENTS.name
+    assert letter["consumer_group"] == "identity.billing"
+    assert letter["attempts"] == 1 and "invalid AccountEvent" in letter["error"]
+    assert "kind" in letter["error"] and "amount" in letter["error"]
+
+    async def good_one_recorded() -> bool:
+        r = await fleet.http.get(
+            fleet.url("identity", f"/identity/organisations/{org.org_id}/account"),
+            headers=auth(await fleet.agent()),
+        )
+        return [e["entry_id"] for e in r.json()["entries"]] == [sent[0].entry_id]
+
+    await eventually(good_one_recorded)
+
+
+async def test_personal_data_stays_out_of_the_logs(fleet: Fleet, platform: Platform) -> None:
+    org = await fleet.create_org()
+    await fleet.add_device(org)
+    marker = unique("privacy")
+    email = f"{marker}@customer.example.com"
+    user_id, _ = await fleet.register(org, email=email)
+    await fleet.sign_in(email, "Wrong-password-1")
+    assert (await fleet.confirm(user_id)).status_code == 200
+    token = await fleet.token(email)
+    await fleet.http.get(fleet.url("identity", "/identity/me"), headers=auth(token))
+    event = await fleet.notification(user_id, "identity.confirmation-requested")
+    logs = sorted(platform.logs.glob("*.log"))
+    assert {log.stem for log in logs} >= {"identity", "devices"}
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert '"service started"' in text
+        assert marker not in text, f"{log.name} mentions the user's e-mail address"
+        assert PASSWORD not in text and event["token"] not in text and token not in text
