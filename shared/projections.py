@@ -7,10 +7,15 @@ revision it has seen, so redelivery and reordering change nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from shared.bus import Handler, Message
-from shared.contracts import DeviceState, OrganisationState, SigningKey, UserState
+from shared import contracts
+from shared.bus import Handler, Message, Subscription
+from shared.contracts import DeviceState, OrganisationState, SigningKey, Topic, UserState
 from shared.store import Document, upsert_if_newer
 
 ORGANISATIONS = "organisations_projection"
@@ -18,38 +23,40 @@ USERS = "users_projection"
 DEVICES = "devices_projection"
 SIGNING_KEYS = "signing_keys"
 
+# Who may see what is asked of these copies by organisation.
+INDEXES = {
+    USERS: [IndexModel([("org_id", ASCENDING)], name="by_org")],
+    DEVICES: [IndexModel([("org_id", ASCENDING)], name="by_org")],
+}
 
-def organisations(db: AsyncDatabase[Document]) -> Handler:
-    async def handle(msg: Message) -> None:
-        state = msg.parse(OrganisationState)
-        await upsert_if_newer(
-            db[ORGANISATIONS], state.org_id, state.revision, state.model_dump(mode="json")
-        )
-
-    return handle
+HandlerFactory = Callable[[AsyncDatabase[Document]], Handler]
 
 
-def users(db: AsyncDatabase[Document]) -> Handler:
-    async def handle(msg: Message) -> None:
-        state = msg.parse(UserState)
-        await upsert_if_newer(
-            db[USERS], state.user_id, state.revision, state.model_dump(mode="json")
-        )
+def _state(collection: str, model: type[Any], id_field: str) -> HandlerFactory:
+    """A handler keeping ``collection`` at the latest revision of each ``model`` by id."""
 
-    return handle
+    def factory(db: AsyncDatabase[Document]) -> Handler:
+        async def handle(msg: Message) -> None:
+            state = msg.parse(model)
+            await upsert_if_newer(
+                db[collection],
+                getattr(state, id_field),
+                state.revision,
+                state.model_dump(mode="json"),
+            )
+
+        return handle
+
+    return factory
 
 
-def devices(db: AsyncDatabase[Document]) -> Handler:
-    async def handle(msg: Message) -> None:
-        state = msg.parse(DeviceState)
-        await upsert_if_newer(
-            db[DEVICES], state.device_id, state.revision, state.model_dump(mode="json")
-        )
-
-    return handle
+organisations = _state(ORGANISATIONS, OrganisationState, "org_id")
+users = _state(USERS, UserState, "user_id")
+devices = _state(DEVICES, DeviceState, "device_id")
 
 
 def signing_keys(db: AsyncDatabase[Document]) -> Handler:
+    # Keys carry no revision: a key id names one key for good (retirement only adds a flag).
     async def handle(msg: Message) -> None:
         key = msg.parse(SigningKey)
         await db[SIGNING_KEYS].update_one(
@@ -57,3 +64,18 @@ def signing_keys(db: AsyncDatabase[Document]) -> Handler:
         )
 
     return handle
+
+
+BY_TOPIC: dict[str, HandlerFactory] = {
+    contracts.ORGANISATIONS.name: organisations,
+    contracts.USERS.name: users,
+    contracts.DEVICES.name: devices,
+}
+
+
+def subscription(service: str, db: AsyncDatabase[Document], *topics: Topic) -> Subscription:
+    """The ``<service>.projections`` consumer group, keeping copies of the given state topics."""
+    return Subscription(
+        group=f"{service}.projections",
+        handlers={topic.name: BY_TOPIC[topic.name](db) for topic in topics},
+    )

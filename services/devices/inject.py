@@ -19,13 +19,7 @@ NAME = "devices"
 
 
 def subscriptions(db: AsyncDatabase[Document], _publisher: Publisher) -> Iterable[Subscription]:
-    yield Subscription(
-        group=f"{NAME}.projections",
-        handlers={
-            contracts.ORGANISATIONS.name: projections.organisations(db),
-            contracts.USERS.name: projections.users(db),
-        },
-    )
+    yield projections.subscription(NAME, db, contracts.ORGANISATIONS, contracts.USERS)
 
 
 async def setup(app: FastAPI, runtime: Runtime) -> None:

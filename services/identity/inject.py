@@ -28,10 +28,7 @@ NAME = "identity"
 
 
 def subscriptions(db: AsyncDatabase[Document], _publisher: Publisher) -> Iterable[Subscription]:
-    yield Subscription(
-        group=f"{NAME}.projections",
-        handlers={contracts.DEVICES.name: projections.devices(db)},
-    )
+    yield projections.subscription(NAME, db, contracts.DEVICES)
     yield Subscription(
         group=f"{NAME}.billing",
         handlers={contracts.BILLING_ACCOUNT_EVENTS.name: events.account_events(db)},

@@ -39,8 +39,10 @@ from shared.contracts import (
     ConfirmationRequested,
     InvitationIssued,
     Role,
+    Topic,
     UserStatus,
 )
+from shared.events import Event
 from shared.http import Problem
 from shared.store import Document, LockBusy
 
@@ -80,6 +82,12 @@ def weak_password(password: str, email: str) -> None:
 def not_found(what: str = "user") -> Problem:
     return Problem(
         404, f"{what}-not-found", f"No such {what}", f"no {what} with this id is visible to you"
+    )
+
+
+def email_taken() -> Problem:
+    return Problem(
+        409, "email-taken", "E-mail already registered", "this address already has an account"
     )
 
 
@@ -132,12 +140,8 @@ class Identity:
                 "the customer number and the serial number must identify a device of one "
                 "organisation; check both on your contract and on the device's label",
             )
-        user_id = uuid.uuid4().hex
-        raw, expires_at = await self.store.issue_token(
-            user_id, CONFIRM, self.token_ttl, email=email
-        )
         doc = {
-            "_id": user_id,
+            "_id": uuid.uuid4().hex,
             "org_id": orgs[0]["_id"],
             "email": email,
             "name": data.name,
@@ -147,20 +151,10 @@ class Identity:
             "status": UserStatus.PENDING_CONFIRMATION.value,
             "password_hash": await hash_password(data.password),
         }
-        confirmation = ConfirmationRequested(
-            user_id=user_id, email=email, language=data.language, token=raw, expires_at=expires_at
-        )
         try:
-            return await self.store.insert_user(
-                doc, (IDENTITY_NOTIFICATIONS, user_id, confirmation)
-            )
+            return await self.store.insert_user(doc, await self._link(doc, CONFIRM))
         except DuplicateKeyError as exc:
-            raise Problem(
-                409,
-                "email-taken",
-                "E-mail already registered",
-                "this e-mail address already has an account",
-            ) from exc
+            raise email_taken() from exc
 
     async def confirm(self, token: str) -> Document:
         record = await self.store.consume_token(token, CONFIRM)
@@ -227,33 +221,39 @@ class Identity:
         try:
             return await self._request_confirmation(user, changes)
         except DuplicateKeyError as exc:
-            raise Problem(
-                409, "email-taken", "E-mail already registered", "another account has this address"
-            ) from exc
+            raise email_taken() from exc
 
     async def _request_confirmation(self, user: Document, changes: Document) -> Document:
-        """Issue a fresh confirmation (older links stop working) and publish it with the user."""
-        if user["status"] == UserStatus.INVITED.value:
-            # An invitee confirms by accepting the invitation: re-issue that instead.
-            return await self._reinvite(user, changes)
-        email = changes.get("email", user["email"])
-        await self.store.revoke_tokens(user["_id"], CONFIRM)
-        raw, expires_at = await self.store.issue_token(
-            user["_id"], CONFIRM, self.token_ttl, email=email
-        )
-        event = ConfirmationRequested(
-            user_id=user["_id"],
-            email=email,
-            language=user["language"],
-            token=raw,
-            expires_at=expires_at,
-        )
-        updated = await self.store.update_user(
-            user, changes, (IDENTITY_NOTIFICATIONS, user["_id"], event)
-        )
+        """Send a fresh link (older ones stop working) together with the user's new state.
+
+        An invitee confirms by accepting the invitation, so they get a new invitation instead.
+        """
+        purpose = INVITE if user["status"] == UserStatus.INVITED.value else CONFIRM
+        link = await self._link({**user, **changes}, purpose)
+        updated = await self.store.update_user(user, changes, link)
         if updated is None:
             raise concurrent()
         return updated
+
+    async def _link(self, user: Document, purpose: str) -> tuple[Topic, str, Event]:
+        """Supersede the user's links of ``purpose`` and issue one to their current address."""
+        await self.store.revoke_tokens(user["_id"], purpose)
+        raw, expires_at = await self.store.issue_token(
+            user["_id"], purpose, self.token_ttl, email=user["email"]
+        )
+        common = {
+            "user_id": user["_id"],
+            "email": user["email"],
+            "language": user["language"],
+            "token": raw,
+            "expires_at": expires_at,
+        }
+        event: Event = (
+            InvitationIssued(org_id=user["org_id"], role=user["role"], **common)
+            if purpose == INVITE
+            else ConfirmationRequested(**common)
+        )
+        return IDENTITY_NOTIFICATIONS, user["_id"], event
 
     # --- invitations -----------------------------------------------------------------------
 
@@ -286,47 +286,10 @@ class Identity:
             "status": UserStatus.INVITED.value,
             "password_hash": None,
         }
-        raw, expires_at = await self.store.issue_token(user_id, INVITE, self.token_ttl, email=email)
-        event = InvitationIssued(
-            user_id=user_id,
-            org_id=org_id,
-            email=email,
-            language=data.language,
-            role=data.role,
-            token=raw,
-            expires_at=expires_at,
-        )
         try:
-            return await self.store.insert_user(doc, (IDENTITY_NOTIFICATIONS, user_id, event))
+            return await self.store.insert_user(doc, await self._link(doc, INVITE))
         except DuplicateKeyError as exc:
-            raise Problem(
-                409,
-                "email-taken",
-                "E-mail already registered",
-                "this address already has an account",
-            ) from exc
-
-    async def _reinvite(self, user: Document, changes: Document) -> Document:
-        email = changes.get("email", user["email"])
-        await self.store.revoke_tokens(user["_id"], INVITE)
-        raw, expires_at = await self.store.issue_token(
-            user["_id"], INVITE, self.token_ttl, email=email
-        )
-        event = InvitationIssued(
-            user_id=user["_id"],
-            org_id=user["org_id"],
-            email=email,
-            language=user["language"],
-            role=user["role"],
-            token=raw,
-            expires_at=expires_at,
-        )
-        updated = await self.store.update_user(
-            user, changes, (IDENTITY_NOTIFICATIONS, user["_id"], event)
-        )
-        if updated is None:
-            raise concurrent()
-        return updated
+            raise email_taken() from exc
 
     async def accept_invitation(self, data: InvitationAccept) -> Document:
         record = await self.store.consume_token(data.token, INVITE)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from fastapi import APIRouter, FastAPI
-from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.notify.config import NotifySettings
@@ -16,21 +15,11 @@ from shared.store import Document
 
 NAME = "notify"
 
-INDEXES = {
-    projections.USERS: [IndexModel([("org_id", ASCENDING)], name="by_org")],
-    projections.DEVICES: [IndexModel([("org_id", ASCENDING)], name="by_org")],
-}
-
 
 def subscriptions(db: AsyncDatabase[Document], _publisher: Publisher) -> Iterable[Subscription]:
     # The projections that decide who may see which device and organisation.
-    yield Subscription(
-        group=f"{NAME}.projections",
-        handlers={
-            contracts.ORGANISATIONS.name: projections.organisations(db),
-            contracts.USERS.name: projections.users(db),
-            contracts.DEVICES.name: projections.devices(db),
-        },
+    yield projections.subscription(
+        NAME, db, contracts.ORGANISATIONS, contracts.USERS, contracts.DEVICES
     )
 
 
@@ -40,7 +29,7 @@ def build_app(settings: NotifySettings | None = None) -> FastAPI:
         prefix="/notify",
         settings=settings or NotifySettings(),
         routers=[APIRouter()],
-        indexes=INDEXES,
+        indexes=projections.INDEXES,
         outbox_collections=(),
         subscriptions=subscriptions,
     )

@@ -6,7 +6,15 @@ import hashlib
 import secrets
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from shared.contracts import CUSTOMER_ROLES, STAFF_ROLES, Language, Role, Serial, UserStatus
 
@@ -21,6 +29,21 @@ Password = Annotated[str, StringConstraints(max_length=256)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 MIN_PASSWORD_LENGTH = 10
+
+
+def _one_of(allowed: frozenset[Role], message: str) -> AfterValidator:
+    def check(role: Role) -> Role:
+        if role not in allowed:
+            raise ValueError(message)
+        return role
+
+    return AfterValidator(check)
+
+
+CustomerRole = Annotated[
+    Role, _one_of(CUSTOMER_ROLES, "only customer roles can be given by an organisation")
+]
+StaffRole = Annotated[Role, _one_of(STAFF_ROLES, "staff are agents or technicians")]
 
 
 def password_problems(password: str, email: str | None = None) -> list[str]:
@@ -111,44 +134,23 @@ class InvitationAccept(Strict):
 
 class InvitationCreate(Strict):
     email: EmailStr
-    role: Role
+    role: CustomerRole
     name: Name = "Invited user"
     language: Language = "fi"
     device_ids: list[Id] = Field(default_factory=list, max_length=1000)
-
-    @field_validator("role")
-    @classmethod
-    def _customer_role(cls, role: Role) -> Role:
-        if role not in CUSTOMER_ROLES:
-            raise ValueError("only customer roles can be given by an organisation")
-        return role
 
 
 class StaffInvitation(Strict):
     """An agent invites a colleague: another agent or a field technician."""
 
     email: EmailStr
-    role: Role
+    role: StaffRole
     name: Name = "Service centre"
     language: Language = "fi"
 
-    @field_validator("role")
-    @classmethod
-    def _staff_role(cls, role: Role) -> Role:
-        if role not in STAFF_ROLES:
-            raise ValueError("staff are agents or technicians")
-        return role
-
 
 class RoleChange(Strict):
-    role: Role
-
-    @field_validator("role")
-    @classmethod
-    def _customer_role(cls, role: Role) -> Role:
-        if role not in CUSTOMER_ROLES:
-            raise ValueError("only customer roles can be given by an organisation")
-        return role
+    role: CustomerRole
 
 
 class DeviceAssignment(Strict):
