@@ -62,6 +62,11 @@ async def mongo(mongo_settings: MongoSettings) -> AsyncIterator[Mongo]:
         yield m
 
 
+async def outbox_emptied(collection: Any, doc_id: str) -> bool:
+    current = await collection.find_one({"_id": doc_id})
+    return current is not None and current[OUTBOX] == {}
+
+
 class Running:
     """A ConsumerRunner running as a task, stopped (bounded) by the test."""
 
@@ -289,12 +294,7 @@ async def test_a_crash_between_write_and_publish_is_repaired_by_the_outbox_relay
     relay = OutboxRelay(mongo.db, ("devices",), publisher, mongo.doc_locks, poll_seconds=0.1)
     task = asyncio.create_task(relay.run())
     try:
-
-        async def outbox_emptied() -> bool:
-            current = await devices.find_one({"_id": device_id})
-            return current is not None and current[OUTBOX] == {}
-
-        await eventually(outbox_emptied, what="outbox emptied by the relay")
+        await eventually(lambda: outbox_emptied(devices, device_id), what="outbox emptied")
     finally:
         relay.stop()
         await asyncio.wait_for(task, STOP_TIMEOUT)
@@ -345,11 +345,7 @@ async def test_writes_racing_the_relay_on_one_document_lose_no_event(
             relay.nudge()
             await asyncio.sleep(0)  # let the relay interleave with the next write
 
-        async def outbox_emptied() -> bool:
-            current = await devices.find_one({"_id": device_id})
-            return current is not None and current[OUTBOX] == {}
-
-        await eventually(outbox_emptied, what="outbox emptied by the relay")
+        await eventually(lambda: outbox_emptied(devices, device_id), what="outbox emptied")
     finally:
         relay.stop()
         await asyncio.wait_for(task, STOP_TIMEOUT)

@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,19 @@ def identity(store: IdentityStore, **settings: object) -> Identity:
     config = IdentitySettings(**settings)  # type: ignore[arg-type]
     signer = Signer.from_pem("", Environment.DEVELOPMENT, AuthSettings(), 900)
     return Identity(store, signer, config)
+
+
+async def new_org(store: IdentityStore) -> dict[str, Any]:
+    return await store.create_org(
+        {
+            "customer_number": uuid.uuid4().hex[:12],
+            "system_id": uuid.uuid4().hex[:12],
+            "name": "Test Oy",
+            "country": "FI",
+            "timezone": "Europe/Helsinki",
+            "language": "fi",
+        }
+    )
 
 
 async def active_user(store: IdentityStore, org_id: str | None, role: Role | None) -> str:
@@ -109,16 +123,7 @@ async def test_two_admins_demoting_each_other_at_once_leave_one_admin(
     store: IdentityStore,
 ) -> None:
     service = identity(store)
-    org = await store.create_org(
-        {
-            "customer_number": uuid.uuid4().hex[:12],
-            "system_id": uuid.uuid4().hex[:12],
-            "name": "Race Oy",
-            "country": "FI",
-            "timezone": "Europe/Helsinki",
-            "language": "fi",
-        }
-    )
+    org = await new_org(store)
     a = await active_user(store, org["_id"], Role.ADMIN)
     b = await active_user(store, org["_id"], Role.ADMIN)
     await store.add_admin(org["_id"], a)
@@ -138,16 +143,7 @@ async def test_two_admins_demoting_each_other_at_once_leave_one_admin(
 
 async def test_two_first_users_confirming_at_once_make_one_admin(store: IdentityStore) -> None:
     service = identity(store)
-    org = await store.create_org(
-        {
-            "customer_number": uuid.uuid4().hex[:12],
-            "system_id": uuid.uuid4().hex[:12],
-            "name": "First Oy",
-            "country": "FI",
-            "timezone": "Europe/Helsinki",
-            "language": "fi",
-        }
-    )
+    org = await new_org(store)
     tokens = []
     for _ in range(4):
         user_id = uuid.uuid4().hex

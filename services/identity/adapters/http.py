@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from services.identity.adapters.store import ORG_FIELDS
+from services.identity.adapters.store import ORG_FIELDS, user_state
 from services.identity.core.model import (
     AccountView,
     DeviceAssignment,
@@ -41,16 +41,7 @@ IdentityDep = Annotated[Identity, Depends(_identity)]
 
 
 def user_public(doc: Document) -> UserPublic:
-    return UserPublic(
-        user_id=doc["_id"],
-        org_id=doc.get("org_id"),
-        email=doc["email"],
-        name=doc["name"],
-        language=doc["language"],
-        role=doc.get("role"),
-        device_ids=list(doc.get("device_ids", [])),
-        status=doc["status"],
-    )
+    return UserPublic.model_validate(user_state(doc).model_dump(exclude={"revision"}))
 
 
 def org_public(doc: Document) -> OrganisationPublic:
