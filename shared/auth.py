@@ -10,6 +10,7 @@ back to the token's claims where the service has no projection yet.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -73,18 +74,21 @@ class TokenVerifier:
     def __init__(self, db: AsyncDatabase[Document], settings: AuthSettings) -> None:
         self._db = db
         self._settings = settings
-        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._keys: dict[str, tuple[Ed25519PublicKey, float]] = {}
 
     async def _key(self, kid: str) -> Ed25519PublicKey:
-        if kid not in self._keys:
-            doc = await self._db[SIGNING_KEYS].find_one({"_id": kid})
-            if doc is None or doc.get("retired"):
-                raise unauthenticated("the token's signing key is unknown")
-            key = serialization.load_pem_public_key(doc["public_key_pem"].encode())
-            if not isinstance(key, Ed25519PublicKey):
-                raise unauthenticated("the token's signing key is not Ed25519")
-            self._keys[kid] = key
-        return self._keys[kid]
+        cached = self._keys.get(kid)
+        if cached is not None and time.monotonic() - cached[1] < self._settings.key_cache_seconds:
+            return cached[0]
+        doc = await self._db[SIGNING_KEYS].find_one({"_id": kid})
+        if doc is None or doc.get("retired"):
+            self._keys.pop(kid, None)
+            raise unauthenticated("the token's signing key is unknown or retired")
+        key = serialization.load_pem_public_key(doc["public_key_pem"].encode())
+        if not isinstance(key, Ed25519PublicKey):
+            raise unauthenticated("the token's signing key is not Ed25519")
+        self._keys[kid] = (key, time.monotonic())
+        return key
 
     async def verify(self, token: str) -> dict[str, Any]:
         try:

@@ -75,6 +75,12 @@ class AuthSettings(BaseSettings):
     issuer: str = Field("fleetdesk-identity", description="Expected `iss` claim of access tokens.")
     audience: str = Field("fleetdesk", description="Expected `aud` claim of access tokens.")
     leeway_seconds: int = Field(5, ge=0, description="Clock skew tolerated when checking expiry.")
+    key_cache_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How long a verifying key is trusted from memory before it is read again "
+        "(a retired key stops verifying within this time).",
+    )
 
 
 class ServiceSettings(BaseSettings):
@@ -86,10 +92,18 @@ class ServiceSettings(BaseSettings):
         Environment.DEVELOPMENT,
         description="development, test or production; placeholders pass only in development.",
     )
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    mongo: MongoSettings = Field(default_factory=MongoSettings)
-    http: HttpSettings = Field(default_factory=HttpSettings)
-    auth: AuthSettings = Field(default_factory=AuthSettings)
+    kafka: KafkaSettings = Field(
+        default_factory=KafkaSettings, description="FLEETDESK_KAFKA_*: brokers and retries."
+    )
+    mongo: MongoSettings = Field(
+        default_factory=MongoSettings, description="FLEETDESK_MONGO_*: database and outbox."
+    )
+    http: HttpSettings = Field(
+        default_factory=HttpSettings, description="FLEETDESK_HTTP_*: where the API listens."
+    )
+    auth: AuthSettings = Field(
+        default_factory=AuthSettings, description="FLEETDESK_AUTH_*: token verification."
+    )
     log_level: str = Field("INFO", description="Log level of the service's JSON logs.")
 
     # Names of fields (in subclasses) that hold secrets and must not keep a placeholder.

@@ -21,6 +21,11 @@ class IdentitySettings(ServiceSettings):
             "development; in development an ephemeral key is generated at start-up."
         ),
     )
+    identity_retired_key_ids: str = Field(
+        "",
+        description="Comma-separated key ids (kid) of earlier signing keys to retire at start-up: "
+        "tokens they signed stop being accepted everywhere.",
+    )
     identity_token_ttl_seconds: int = Field(
         900, ge=60, le=3600, description="Lifetime of an access token."
     )
@@ -44,3 +49,6 @@ class IdentitySettings(ServiceSettings):
     identity_signin_window_seconds: int = Field(
         900, ge=1, description="Window of the sign-in rate limits."
     )
+
+    def retired_key_ids(self) -> set[str]:
+        return {kid.strip() for kid in self.identity_retired_key_ids.split(",") if kid.strip()}

@@ -20,7 +20,7 @@ from services.identity.service_layer import Identity, hash_password
 from shared import contracts, projections
 from shared.auth import Principal, PrincipalResolver, unauthenticated
 from shared.bus import Publisher, Subscription
-from shared.contracts import Role, UserStatus
+from shared.contracts import Role, SigningKey, UserStatus
 from shared.service import Runtime, build_service_app
 from shared.store import Document
 
@@ -49,13 +49,19 @@ def resolver(runtime: Runtime) -> PrincipalResolver:
     return resolve
 
 
-async def publish_signing_key(runtime: Runtime, signer: Signer) -> None:
-    """Kafka first (other services verify with it), then identity's own copy."""
-    key = signer.public_key()
-    await runtime.publisher.publish(contracts.SIGNING_KEYS, key.kid, key)
-    await runtime.db[projections.SIGNING_KEYS].update_one(
-        {"_id": key.kid}, {"$set": key.model_dump(mode="json")}, upsert=True
-    )
+async def publish_signing_keys(runtime: Runtime, signer: Signer, retired: set[str]) -> None:
+    """The current public key, and the retirement of earlier ones: Kafka first (the other
+    services verify with what is there), then identity's own copy."""
+    keys = [signer.public_key()]
+    for kid in sorted(retired - {signer.kid}):
+        doc = await runtime.db[projections.SIGNING_KEYS].find_one({"_id": kid}, {"_id": 0})
+        if doc is not None and not doc.get("retired"):
+            keys.append(SigningKey.model_validate({**doc, "retired": True}))
+    for key in keys:
+        await runtime.publisher.publish(contracts.SIGNING_KEYS, key.kid, key)
+        await runtime.db[projections.SIGNING_KEYS].update_one(
+            {"_id": key.kid}, {"$set": key.model_dump(mode="json")}, upsert=True
+        )
 
 
 async def ensure_bootstrap_agent(store: IdentityStore, settings: IdentitySettings) -> None:
@@ -94,7 +100,7 @@ def build_app(settings: IdentitySettings | None = None) -> FastAPI:
     async def setup(app: FastAPI, runtime: Runtime) -> None:
         store = IdentityStore(runtime.db, runtime.mongo.doc_locks)
         app.state.identity = Identity(store, signer, settings)
-        await publish_signing_key(runtime, signer)
+        await publish_signing_keys(runtime, signer, settings.retired_key_ids())
         await ensure_bootstrap_agent(store, settings)
 
     app = build_service_app(

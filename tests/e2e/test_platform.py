@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
+import jwt
 import pytest
 
+from services.identity.adapters.keys import generate_private_pem
 from shared.contracts import ORGANISATIONS
 from tests.e2e.conftest import SERVICES
 from tests.e2e.flows import Fleet, Platform, auth, unique
@@ -126,3 +128,41 @@ async def test_a_crashed_service_restarts_on_its_data_and_catches_up(fleet: Flee
         fleet.url("devices", "/devices"), params={"org_id": later.org_id}, headers=auth(agent)
     )
     assert [d["org_id"] for d in listed.json()] == [later.org_id]
+
+
+async def test_signing_keys_rotate_and_a_retired_key_stops_verifying(
+    fleet: Fleet, platform: Platform
+) -> None:
+    old_token = await fleet.agent()
+    old_kid = jwt.get_unverified_header(old_token)["kid"]
+    env = platform.processes.env
+    original = env["FLEETDESK_IDENTITY_SIGNING_KEY_PEM"]
+
+    async def devices_status(token: str) -> int:
+        response = await fleet.http.get(fleet.url("devices", "/devices"), headers=auth(token))
+        return response.status_code
+
+    assert await devices_status(old_token) == 200
+    try:
+        env["FLEETDESK_IDENTITY_SIGNING_KEY_PEM"] = generate_private_pem()
+        env["FLEETDESK_IDENTITY_RETIRED_KEY_IDS"] = old_kid
+        platform.processes.kill("identity")
+        platform.processes.start("identity")
+        new_token = await fleet.token(platform.agent_email, platform.agent_password)
+        assert jwt.get_unverified_header(new_token)["kid"] != old_kid
+
+        async def rotated() -> bool:
+            return await devices_status(new_token) == 200 and await devices_status(old_token) == 401
+
+        await eventually(rotated)
+    finally:
+        # Back to the session's key (published again as not retired) for the other tests.
+        env["FLEETDESK_IDENTITY_SIGNING_KEY_PEM"] = original
+        env.pop("FLEETDESK_IDENTITY_RETIRED_KEY_IDS", None)
+        platform.processes.kill("identity")
+        platform.processes.start("identity")
+
+    async def restored() -> bool:
+        return await devices_status(old_token) == 200
+
+    await eventually(restored)
