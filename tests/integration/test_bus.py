@@ -361,3 +361,65 @@ async def test_writes_racing_the_relay_on_one_document_lose_no_event(
 
     # In order (one key, one partition), each revision exactly once.
     assert await eventually(all_published) == list(revisions)
+
+
+async def test_a_graceful_stop_commits_what_was_handled_and_a_restart_goes_on_from_there(
+    kafka_settings: KafkaSettings, publisher: Publisher, run_consumer: Any
+) -> None:
+    bootstrap = kafka_settings.bootstrap_servers
+    topic = ping_topic(await create_topic(bootstrap))
+    seen: list[int] = []
+
+    async def handler(msg: Message) -> None:
+        seen.append(msg.parse(Ping).n)
+
+    group = unique("graceful")
+    first = await run_consumer(group, {topic.name: handler})
+    for n in range(5):
+        await publisher.publish(topic, "k", Ping(n=n))
+    await eventually(lambda: _ready(len(seen) == 5), what="five handled")
+    await first.stop()
+    assert await committed(bootstrap, group, TopicPartition(topic.name, 0)) == 5
+
+    for n in range(5, 8):
+        await publisher.publish(topic, "k", Ping(n=n))
+    await run_consumer(group, {topic.name: handler})
+    await eventually(lambda: _ready(len(seen) == 8), what="three more handled")
+    assert seen == list(range(8))  # nothing twice, nothing skipped, in order
+
+
+async def test_two_consumers_of_one_group_share_the_partitions_and_handle_each_once(
+    kafka_settings: KafkaSettings, publisher: Publisher, run_consumer: Any
+) -> None:
+    """A second consumer joins mid-stream (a rebalance): every message is handled, and with
+    commits made before partitions move, none is handled twice."""
+    bootstrap = kafka_settings.bootstrap_servers
+    topic = ping_topic(await create_topic(bootstrap, partitions=3))
+    handled: dict[str, list[int]] = {"a": [], "b": []}
+
+    def handler(name: str) -> Callable[[Message], Awaitable[None]]:
+        async def handle(msg: Message) -> None:
+            handled[name].append(msg.parse(Ping).n)
+
+        return handle
+
+    group = unique("shared")
+    await run_consumer(group, {topic.name: handler("a")})
+    for n in range(30):
+        await publisher.publish(topic, f"key-{n % 9}", Ping(n=n))
+    await eventually(lambda: _ready(len(handled["a"]) == 30), what="a handled the first 30")
+    await run_consumer(group, {topic.name: handler("b")})
+    for n in range(30, 90):
+        await publisher.publish(topic, f"key-{n % 9}", Ping(n=n))
+
+    async def all_handled() -> bool:
+        return len(handled["a"]) + len(handled["b"]) >= 90
+
+    await eventually(all_handled, timeout=30, what="all 90 handled")
+    everything = sorted(handled["a"] + handled["b"])
+    assert everything == list(range(90))
+    assert handled["b"], "the second consumer got partitions"
+
+
+async def _ready(value: bool) -> bool:
+    return value
