@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from types import ModuleType
 
@@ -35,21 +34,13 @@ def _infra_module() -> ModuleType:
     return module
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 def main() -> int:
     started = time.monotonic()
     sys.path.insert(0, str(ROOT))
     infra = None
     env = dict(os.environ)
+    module = _infra_module()
     if not (env.get("FLEETDESK_KAFKA_BOOTSTRAP_SERVERS") and env.get("FLEETDESK_MONGO_URL")):
-        module = _infra_module()
         infra = module.LocalInfra(module.CACHE / "platform")
         print("starting Kafka and FerretDB ...", flush=True)
         infra.start()
@@ -87,7 +78,7 @@ def main() -> int:
             for name, port in list(pending.items()):
                 if procs[name].poll() is not None:
                     raise RuntimeError(f"{name} exited with {procs[name].returncode}")
-                if _ready(port):
+                if module.service_ready(port):
                     print(f"{name:9} ready  http://127.0.0.1:{port}/{name}/docs", flush=True)
                     del pending[name]
             if time.monotonic() > deadline:

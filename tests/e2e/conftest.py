@@ -5,35 +5,23 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from services.identity.adapters.keys import generate_private_pem
+from tests.conftest import _local_infra_module
 from tests.e2e.flows import Platform
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("identity", "devices", "meters", "tickets", "notify")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+_local = _local_infra_module()  # deploy/local/infra.py: free ports, readiness probe
 
 
 class Processes:
@@ -61,7 +49,7 @@ class Processes:
                 if self.procs[name].poll() is not None:
                     tail = (self.logs / f"{name}.log").read_text()[-3000:]
                     raise RuntimeError(f"{name} exited: {tail}")
-                if _ready(self.ports[name]):
+                if _local.service_ready(self.ports[name]):
                     pending.discard(name)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"services not ready: {sorted(pending)}")
@@ -89,7 +77,7 @@ class Processes:
 @pytest.fixture(scope="session")
 def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:  # type: ignore[no-untyped-def]
     logs = tmp_path_factory.mktemp("platform-logs")
-    ports = {name: _free_port() for name in SERVICES}
+    ports = {name: _local.free_port() for name in SERVICES}
     agent_password = secrets.token_urlsafe(16)
     signing_key = generate_private_pem()
     prefix = "e2e" + secrets.token_hex(4)
