@@ -1,11 +1,19 @@
 # Fleetdesk: the two commands are `make run` (the platform) and `make test` (every test layer).
 SHELL := /bin/bash
-UV ?= uv
+# uv from PATH; on a machine without it, a private copy is installed once under the cache
+# (a virtual environment, so it needs neither root nor a writable system Python).
+TOOLS_DIR ?= $(or $(FLEETDESK_CACHE),$(HOME)/.cache/fleetdesk)/tools
+UV ?= $(or $(shell command -v uv 2>/dev/null),$(TOOLS_DIR)/bin/uv)
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-unit test-integration test-e2e lint format asyncapi bench infra-fetch infra-stop
 
-install:
+$(TOOLS_DIR)/bin/uv:
+	@echo "uv not found: installing it into $(TOOLS_DIR) (once per machine)"
+	python3 -m venv $(TOOLS_DIR)
+	$(TOOLS_DIR)/bin/python -m pip install --quiet --disable-pip-version-check uv
+
+install: | $(UV)
 	$(UV) sync --frozen
 
 run: install

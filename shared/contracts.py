@@ -13,7 +13,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.events import Event
 
@@ -122,8 +122,30 @@ class InvitationIssued(Event):
 # --- devices --------------------------------------------------------------------------------
 
 
+class DeviceLocation(BaseModel):
+    """Where a device stands (also what technician routing matches on)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    site: str = Field("", max_length=200, description="Site or building name.")
+    address: str = Field("", max_length=200, description="Street address.")
+    postal_code: str = Field("", max_length=16, description="Postal code (routing by prefix).")
+    city: str = Field("", max_length=100, description="City.")
+    region: str = Field("", max_length=100, description="Region (routing by region).")
+    floor: str = Field("", max_length=50, description="Floor.")
+    room: str = Field("", max_length=100, description="Room or spot.")
+
+
+class DeviceStatus(StrEnum):
+    ACTIVE = "active"
+    REMOVED = "removed"
+
+
 class DeviceState(Event):
-    """Latest state of a device (compacted; key = device_id)."""
+    """Latest state of a device (compacted; key = device_id).
+
+    Fields after ``model`` have defaults so that older records still parse.
+    """
 
     event_type = "devices.device.state"
 
@@ -131,8 +153,188 @@ class DeviceState(Event):
     org_id: str = Field(description="Owning organisation.")
     serial: Serial = Field(description="Manufacturer's serial number.")
     model: str = Field(description="Device model.")
+    model_family: str = Field("", description="Model family (technicians' skills match on it).")
+    name: str = Field("", description="Customer-chosen name.")
+    location: DeviceLocation = Field(
+        default_factory=DeviceLocation, description="Where the device stands."
+    )
+    sla_response_hours: int = Field(
+        8, ge=1, description="Contract: SLA response time in business hours."
+    )
+    calendar_id: str | None = Field(
+        None,
+        description="Contract: service calendar it follows; null = the organisation's calendar.",
+    )
+    emaintenance: bool = Field(True, description="eMaintenance remote monitoring is on.")
+    auto_replenishment: bool = Field(False, description="Automatic toner replenishment is on.")
+    status: DeviceStatus = Field(DeviceStatus.ACTIVE, description="active or removed.")
     removed: bool = Field(False, description="Removed by an agent: no service accepts its data.")
     revision: int = Field(ge=1, description="Increases with every change.")
+
+
+class SupplyAction(StrEnum):
+    INSTALL_ON_HAND = "install_on_hand"
+    SHIPMENT = "shipment"
+
+
+class SupplyOrderRaised(Event):
+    """A consumable runs low: one order per need (key = device_id). Notify tells stock managers."""
+
+    event_type = "devices.supply-order-raised"
+
+    order_id: str = Field(description="Unique id of the order (one per need).")
+    device_id: str = Field(description="The device.")
+    org_id: str = Field(description="Its organisation.")
+    serial: Serial = Field(description="Its serial.")
+    consumable: str = Field(description="black, cyan, magenta, yellow, waste_box, drum_...")
+    level: int = Field(ge=0, le=100, description="Level in percent when the order was raised.")
+    days_to_empty: float | None = Field(description="Forecast, days; null when unknown.")
+    action: SupplyAction = Field(
+        description="install_on_hand (a unit is in stock) or shipment (one is coming)."
+    )
+    raised_at: AwareDatetime = Field(description="When the order was raised.")
+
+
+# --- meters ---------------------------------------------------------------------------------
+
+
+class ReadingSource(StrEnum):
+    MANUAL = "manual"
+    PHONED_IN = "phoned_in"
+    EMAINTENANCE = "emaintenance"
+
+
+class ReadingAccepted(Event):
+    """An accepted meter reading (key = device_id)."""
+
+    event_type = "meters.reading-accepted"
+
+    reading_id: str = Field(description="Unique id of the reading.")
+    device_id: str = Field(description="The device.")
+    org_id: str = Field(description="Its organisation.")
+    source: ReadingSource = Field(description="manual, phoned_in or emaintenance.")
+    counters: dict[str, int] = Field(description="Counter values by name.")
+    read_at: AwareDatetime = Field(description="When the counters were read.")
+    submitted_by: str | None = Field(None, description="User id for manual and phoned-in ones.")
+
+
+class ReadingAnomaly(Event):
+    """An automatic reading refused because a counter went down (key = device_id)."""
+
+    event_type = "meters.reading-anomaly"
+
+    device_id: str = Field(description="The device.")
+    org_id: str = Field(description="Its organisation.")
+    serial: Serial = Field(description="Its serial.")
+    counters: dict[str, list[int]] = Field(
+        description="Each counter that went down: [previous accepted value, reported value]."
+    )
+    read_at: AwareDatetime = Field(description="When the device sent the report.")
+
+
+class DeviceFaultReported(Event):
+    """Error codes in a device's telemetry (key = device_id); tickets opens one fault ticket."""
+
+    event_type = "meters.device-fault-reported"
+
+    device_id: str = Field(description="The device.")
+    org_id: str = Field(description="Its organisation.")
+    serial: Serial = Field(description="Its serial.")
+    error_codes: list[str] = Field(description="Error codes, as reported.")
+    reported_at: AwareDatetime = Field(description="When the device sent the report.")
+
+
+class DeviceStale(Event):
+    """A device's automatic readings stopped for longer than allowed (key = device_id)."""
+
+    event_type = "meters.device-stale"
+
+    device_id: str = Field(description="The device.")
+    org_id: str = Field(description="Its organisation.")
+    serial: Serial = Field(description="Its serial.")
+    last_seen_at: AwareDatetime = Field(description="Last report received.")
+
+
+# --- tickets --------------------------------------------------------------------------------
+
+
+class TicketCategory(StrEnum):
+    FAULT = "fault"
+    SUPPLIES = "supplies"
+    METER_PROBLEM = "meter_problem"
+    DEVICE_REMOVAL = "device_removal"
+    OTHER = "other"
+
+
+class TicketStatus(StrEnum):
+    NEW = "new"
+    ASSIGNED = "assigned"
+    IN_PROGRESS = "in_progress"
+    WAITING_FOR_CUSTOMER = "waiting_for_customer"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+class TicketCreated(Event):
+    """A ticket was filed (key = ticket_id)."""
+
+    event_type = "tickets.ticket-created"
+
+    ticket_id: str = Field(description="The ticket.")
+    org_id: str = Field(description="Its organisation.")
+    device_id: str | None = Field(description="The device it concerns.")
+    created_by: str | None = Field(description="User id; null when opened automatically.")
+    category: TicketCategory = Field(description="fault, supplies, meter_problem, ...")
+    status: TicketStatus = Field(description="Status at creation.")
+    clock_starts_at: AwareDatetime = Field(
+        description="When the SLA clock starts (the next opening when filed out of hours)."
+    )
+    due_at: AwareDatetime = Field(description="Response deadline.")
+    out_of_hours: bool = Field(description="Filed outside business hours.")
+
+
+class TicketStatusChanged(Event):
+    """A ticket's status changed (key = ticket_id)."""
+
+    event_type = "tickets.ticket-status-changed"
+
+    ticket_id: str = Field(description="The ticket.")
+    org_id: str = Field(description="Its organisation.")
+    device_id: str | None = Field(description="The device it concerns.")
+    created_by: str | None = Field(description="Who filed the ticket.")
+    old_status: TicketStatus = Field(description="Before.")
+    new_status: TicketStatus = Field(description="After.")
+    changed_by: str | None = Field(description="User id of who changed it.")
+
+
+class TicketAssigned(Event):
+    """A ticket was routed to a technician (key = ticket_id)."""
+
+    event_type = "tickets.ticket-assigned"
+
+    ticket_id: str = Field(description="The ticket.")
+    org_id: str = Field(description="Its organisation.")
+    device_id: str | None = Field(description="The device it concerns.")
+    technician_id: str = Field(description="User id of the technician.")
+    reason: str = Field(description="Why this technician (routing decision).")
+
+
+class SlaKind(StrEnum):
+    WARNING = "warning"
+    BREACH = "breach"
+
+
+class SlaEscalation(Event):
+    """An SLA warning or breach, published exactly once per ticket, kind and deadline."""
+
+    event_type = "tickets.sla-escalation"
+
+    ticket_id: str = Field(description="The ticket.")
+    org_id: str = Field(description="Its organisation.")
+    device_id: str | None = Field(description="The device it concerns.")
+    kind: SlaKind = Field(description="warning or breach.")
+    due_at: AwareDatetime = Field(description="The response deadline.")
+    fired_at: AwareDatetime = Field(description="When the timer fired.")
 
 
 # --- from outside ---------------------------------------------------------------------------
@@ -205,7 +407,13 @@ class Topic:
     events: tuple[type[Event], ...]
     compacted: bool = False
     external: bool = False
+    writers: tuple[str, ...] = ()
+    """Principals allowed to write (services, or outside systems such as ``billing``)."""
+    readers: tuple[str, ...] = ()
+    """Services that consume it (each in consumer groups named ``<service>.<purpose>``)."""
 
+
+ALL_SERVICES = ("identity", "devices", "meters", "tickets", "notify")
 
 ORGANISATIONS = Topic(
     "identity.organisations.state",
@@ -213,6 +421,8 @@ ORGANISATIONS = Topic(
     "org_id",
     (OrganisationState,),
     compacted=True,
+    writers=("identity",),
+    readers=("devices", "meters", "tickets", "notify"),
 )
 USERS = Topic(
     "identity.users.state",
@@ -220,6 +430,8 @@ USERS = Topic(
     "user_id",
     (UserState,),
     compacted=True,
+    writers=("identity",),
+    readers=("devices", "meters", "tickets", "notify"),
 )
 SIGNING_KEYS = Topic(
     "identity.signing-keys",
@@ -227,19 +439,49 @@ SIGNING_KEYS = Topic(
     "kid",
     (SigningKey,),
     compacted=True,
+    writers=("identity",),
+    readers=ALL_SERVICES,
 )
 IDENTITY_NOTIFICATIONS = Topic(
     "identity.notifications",
     "Things identity asks notify to tell a person: confirmations and invitations.",
     "user_id",
     (ConfirmationRequested, InvitationIssued),
+    writers=("identity",),
+    readers=("notify",),
 )
 DEVICES = Topic(
     "devices.devices.state",
-    "Latest state of every device (serial, model, organisation, removed).",
+    "Latest state of every device (serial, model, organisation, location, contract, status).",
     "device_id",
     (DeviceState,),
     compacted=True,
+    writers=("devices",),
+    readers=ALL_SERVICES,
+)
+DEVICE_EVENTS = Topic(
+    "devices.events",
+    "Things that happened to devices that people must hear of: supply orders.",
+    "device_id",
+    (SupplyOrderRaised,),
+    writers=("devices",),
+    readers=("notify",),
+)
+METER_EVENTS = Topic(
+    "meters.events",
+    "Accepted readings, refused (anomalous) readings, faults reported in telemetry, stale devices.",
+    "device_id",
+    (ReadingAccepted, ReadingAnomaly, DeviceFaultReported, DeviceStale),
+    writers=("meters",),
+    readers=("tickets", "notify"),
+)
+TICKET_EVENTS = Topic(
+    "tickets.events",
+    "Ticket lifecycle: created, status changes, assignments, SLA warnings and breaches.",
+    "ticket_id",
+    (TicketCreated, TicketStatusChanged, TicketAssigned, SlaEscalation),
+    writers=("tickets",),
+    readers=("notify",),
 )
 BILLING_ACCOUNT_EVENTS = Topic(
     "billing.account-events",
@@ -247,6 +489,8 @@ BILLING_ACCOUNT_EVENTS = Topic(
     "customer_number",
     (AccountEvent,),
     external=True,
+    writers=("billing",),
+    readers=("identity",),
 )
 TELEMETRY = Topic(
     "emaintenance.telemetry",
@@ -254,12 +498,16 @@ TELEMETRY = Topic(
     "serial",
     (TelemetryReport,),
     external=True,
+    writers=("emaintenance",),
+    readers=("devices", "meters"),
 )
 DEAD_LETTER = Topic(
     "fleetdesk.dead-letter",
     "Messages a consumer gave up on, with the reason and where they came from.",
     "original topic",
     (DeadLetter,),
+    writers=ALL_SERVICES,
+    readers=(),
 )
 
 CATALOGUE: tuple[Topic, ...] = (
@@ -268,6 +516,9 @@ CATALOGUE: tuple[Topic, ...] = (
     SIGNING_KEYS,
     IDENTITY_NOTIFICATIONS,
     DEVICES,
+    DEVICE_EVENTS,
+    METER_EVENTS,
+    TICKET_EVENTS,
     BILLING_ACCOUNT_EVENTS,
     TELEMETRY,
     DEAD_LETTER,
