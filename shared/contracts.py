@@ -119,6 +119,21 @@ class InvitationIssued(Event):
     expires_at: AwareDatetime = Field(description="When the token stops working.")
 
 
+class AccountExistsNotice(Event):
+    """Someone tried to register an address that already has an account (key = user_id).
+
+    Registration answers as for a new address (no account enumeration); notify tells the
+    owner instead, in their language.
+    """
+
+    event_type = "identity.account-exists-notice"
+
+    user_id: str = Field(description="The existing account.")
+    email: str = Field(description="Its address.")
+    language: Language = Field(description="Language of the e-mail.")
+    attempted_at: AwareDatetime = Field(description="When the registration was attempted.")
+
+
 # --- devices --------------------------------------------------------------------------------
 
 
@@ -446,7 +461,7 @@ IDENTITY_NOTIFICATIONS = Topic(
     "identity.notifications",
     "Things identity asks notify to tell a person: confirmations and invitations.",
     "user_id",
-    (ConfirmationRequested, InvitationIssued),
+    (ConfirmationRequested, InvitationIssued, AccountExistsNotice),
     writers=("identity",),
     readers=("notify",),
 )
