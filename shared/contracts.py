@@ -184,6 +184,10 @@ class DeviceState(Event):
     auto_replenishment: bool = Field(False, description="Automatic toner replenishment is on.")
     status: DeviceStatus = Field(DeviceStatus.ACTIVE, description="active or removed.")
     removed: bool = Field(False, description="Removed by an agent: no service accepts its data.")
+    manager_ids: list[str] = Field(
+        default_factory=list,
+        description="Users assigned to the device (device/stock managers), as known from identity.",
+    )
     revision: int = Field(ge=1, description="Increases with every change.")
 
 

@@ -9,7 +9,7 @@ headers carry on.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -151,13 +151,16 @@ def create_app(
     routers: Sequence[APIRouter],
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     max_body_bytes: int = 64 * 1024,
+    body_limits: Mapping[str, int] | None = None,
 ) -> FastAPI:
     """A FastAPI app with the shared middleware and operational endpoints; docs under ``prefix``.
 
     Routers carry their full paths (each under the service's prefix).
 
     The lifespan must put a mapping of readiness checks at ``app.state.readiness``.
+    ``body_limits`` raises the body size limit for the given paths (e.g. a CSV upload).
     """
+    limits = dict(body_limits or {})
     app = FastAPI(
         title=f"Fleetdesk {service}",
         lifespan=lifespan,
@@ -173,7 +176,8 @@ def create_app(
     ) -> Response:
         cid = bind_correlation_id(request.headers.get(CORRELATION_HEADER))
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+        limit = limits.get(request.url.path, max_body_bytes)
+        if length is not None and length.isdigit() and int(length) > limit:
             response: Response = problem_response(
                 413, "payload-too-large", "The request body is too large", instance=request.url.path
             )

@@ -103,7 +103,9 @@ async def service_runtime(
             log.info("service stopped")
 
 
-AppSetup = Callable[[FastAPI, Runtime], Awaitable[None]]
+AppCleanup = Callable[[], Awaitable[None]]
+AppSetup = Callable[[FastAPI, Runtime], Awaitable[AppCleanup | None]]
+"""Fills ``app.state``; may return a coroutine function that undoes it at shutdown."""
 
 
 def build_service_app(
@@ -117,6 +119,7 @@ def build_service_app(
     subscriptions: SubscriptionFactory,
     setup: AppSetup | None = None,
     resolver: Callable[[Runtime], PrincipalResolver] | None = None,
+    body_limits: Mapping[str, int] | None = None,
 ) -> FastAPI:
     """The service's FastAPI app; its lifespan runs the runtime and fills ``app.state``."""
 
@@ -139,11 +142,16 @@ def build_service_app(
                 "mongodb": runtime.mongo_ready,
                 "consumers": runtime.consumers_ready,
             }
-            if setup is not None:
-                await setup(app, runtime)
-            yield
+            cleanup = await setup(app, runtime) if setup is not None else None
+            try:
+                yield
+            finally:
+                if cleanup is not None:
+                    await cleanup()
 
-    return create_app(service=name, prefix=prefix, routers=routers, lifespan=lifespan)
+    return create_app(
+        service=name, prefix=prefix, routers=routers, lifespan=lifespan, body_limits=body_limits
+    )
 
 
 def serve(app: FastAPI, settings: ServiceSettings, port: int) -> None:
