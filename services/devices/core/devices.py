@@ -150,7 +150,9 @@ async def _change(
         if result is None:
             return before
         fields, changes = result
-        after = before.model_copy(update={**fields, "revision": before.revision + 1})
+        after = Device.model_validate(
+            {**before.model_dump(), **fields, "revision": before.revision + 1}
+        )
         entry = HistoryEntry(
             at=now,
             by=caller.user_id if caller is not None else None,
