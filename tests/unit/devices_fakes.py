@@ -116,9 +116,7 @@ def ref(n: int = 1, *, auto: bool = True, removed: bool = False) -> DeviceRef:
 
 
 def report(serial: str, hours: float, **supplies: int) -> TelemetryReport:
-    return TelemetryReport(
-        serial=serial, sent_at=T0 + timedelta(hours=hours), supplies=supplies
-    )
+    return TelemetryReport(serial=serial, sent_at=T0 + timedelta(hours=hours), supplies=supplies)
 
 
 @dataclass

@@ -168,7 +168,9 @@ def test_a_rise_that_stays_but_is_not_full_is_a_new_baseline_of_the_same_cartrid
 
 async def test_one_write_per_device_per_batch_and_only_for_changed_levels() -> None:
     w = world(ref(1), ref(2))
-    await feed(w, *[report("SN1", h, black=50, cyan=40) for h in range(10)], report("SN2", 0, black=70))
+    await feed(
+        w, *[report("SN1", h, black=50, cyan=40) for h in range(10)], report("SN2", 0, black=70)
+    )
     assert w.store.appends == [2]  # two devices, one document each
     await feed(w, *[report("SN1", 10 + h, black=50, cyan=40) for h in range(10)])
     assert w.store.appends == [2]  # nothing changed: nothing written
@@ -183,3 +185,10 @@ async def test_unknown_and_removed_devices_are_ignored_and_counted() -> None:
     )
     assert outcome.counts["removed_device"] == 1 and outcome.counts["unknown_device"] == 1
     assert w.orders.orders == {} and w.store.docs == {}
+
+
+def test_a_track_survives_its_stored_form() -> None:
+    track = Track(20, 3, ((1.5, 22), (2.5, 20)), 3.0, 60, True, "shipment")
+    doc = track.to_doc()
+    assert not any(isinstance(v, list) and v and isinstance(v[0], list) for v in doc.values())
+    assert Track.from_doc(doc) == track

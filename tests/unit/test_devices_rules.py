@@ -177,13 +177,13 @@ async def test_a_concurrent_change_is_retried_then_given_up() -> None:
     device = await register_device(RegisterDevice(_create(), "a"), repo, T0)
     agent = Caller(Role.AGENT, None)
     repo.interfere = 2
-    after = await update_location(UpdateLocation(device.device_id, Location(site="B"), agent), repo, T0)
+    after = await update_location(
+        UpdateLocation(device.device_id, Location(site="B"), agent), repo, T0
+    )
     assert after.location.site == "B" and after.revision == 4
     repo.interfere = 99
     with pytest.raises(ConcurrentChange):
-        await update_location(
-            UpdateLocation(device.device_id, Location(site="C"), agent), repo, T0
-        )
+        await update_location(UpdateLocation(device.device_id, Location(site="C"), agent), repo, T0)
 
 
 async def test_removal_publishes_removed_state_and_hides_the_device() -> None:
@@ -198,9 +198,7 @@ async def test_removal_publishes_removed_state_and_hides_the_device() -> None:
 
 async def test_stock_only_for_automatic_replenishment_and_by_its_stock_managers() -> None:
     repo = FakeDevices()
-    device = await register_device(
-        RegisterDevice(_create(auto_replenishment=True), "a"), repo, T0
-    )
+    device = await register_device(RegisterDevice(_create(auto_replenishment=True), "a"), repo, T0)
     plain = await register_device(RegisterDevice(_create("SN2"), "a"), repo, T0)
     both = frozenset({device.device_id, plain.device_id})
     manager = Caller(Role.STOCK_MANAGER, "org1", both, "s1")

@@ -58,7 +58,9 @@ class Track:
         return {
             "level": self.level,
             "generation": self.generation,
-            "points": [list(p) for p in self.points],
+            # Two flat lists: FerretDB 1.x stores no nested arrays.
+            "times": [t for t, _ in self.points],
+            "levels": [lv for _, lv in self.points],
             "pending_since": self.pending_since,
             "pending_level": self.pending_level,
             "ordered": self.ordered,
@@ -67,12 +69,13 @@ class Track:
 
     @classmethod
     def from_doc(cls, doc: dict[str, object]) -> Track:
-        points = doc.get("points") or []
-        assert isinstance(points, list)
+        times = doc.get("times") or []
+        levels = doc.get("levels") or []
+        assert isinstance(times, list) and isinstance(levels, list)
         return cls(
             level=int(doc["level"]),  # type: ignore[call-overload]
             generation=int(doc.get("generation", 0)),  # type: ignore[call-overload]
-            points=tuple((float(t), int(lv)) for t, lv in points),
+            points=tuple((float(t), int(lv)) for t, lv in zip(times, levels, strict=True)),
             pending_since=doc.get("pending_since"),  # type: ignore[arg-type]
             pending_level=doc.get("pending_level"),  # type: ignore[arg-type]
             ordered=bool(doc.get("ordered", False)),
