@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -115,6 +116,26 @@ class InfrastructureError(Exception):
     """
 
 
+# --- clients: every Kafka client is made here, with the platform's connection settings -------
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """How every client reaches the brokers (one place for connection and security options)."""
+    return {"bootstrap_servers": settings.bootstrap_servers}
+
+
+def new_producer(settings: KafkaSettings, **options: Any) -> AIOKafkaProducer:
+    return AIOKafkaProducer(**client_options(settings), **options)
+
+
+def new_consumer(settings: KafkaSettings, **options: Any) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(**client_options(settings), **options)
+
+
+def new_admin(settings: KafkaSettings, **options: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**client_options(settings), **options)
+
+
 # --- producing ------------------------------------------------------------------------------
 
 
@@ -127,8 +148,8 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> Publisher:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+        self._producer = new_producer(
+            self._settings,
             client_id=f"{self.service}-producer",
             enable_idempotence=True,
             acks="all",
@@ -183,7 +204,7 @@ async def ensure_topics(
     settings: KafkaSettings, topics: tuple[Topic, ...] = CATALOGUE, *, wait_seconds: float = 60.0
 ) -> None:
     """Create the catalogue's topics that are missing (compacted ones with cleanup=compact)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = new_admin(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -420,11 +441,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
 
-def new_consumer(settings: KafkaSettings, **options: Any) -> AIOKafkaConsumer:
-    """A consumer with the platform's connection settings (the one place consumers are made)."""
-    return AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, **options)
-
-
 class ConsumerRunner:
     """Runs one consumer group: handle, classify failures, dead-letter, commit after the work.
 
@@ -461,6 +477,8 @@ class ConsumerRunner:
         self._running_since: float | None = None
         self.consecutive_crashes = 0
         self.healthy_after = 30.0
+        self.restart_delays: deque[float] = deque(maxlen=20)
+        """The supervisor's latest restart delays (seconds), for operators and tests."""
         PAUSED_PARTITIONS.labels(subscription.group).set_function(lambda: len(self._outages))
         CRASH_LOOPING.labels(subscription.group).set_function(lambda: int(self.crash_looping))
 
@@ -851,6 +869,7 @@ class Consumers:
                     delay = self.restart_backoff
                     runner.consecutive_crashes = 0
                 runner.consecutive_crashes += 1
+                runner.restart_delays.append(delay)
                 RESTARTS.labels(runner.group).inc()
                 log.error(
                     "consumer crashed; restarting",
@@ -928,5 +947,6 @@ def dead_letter_of(
         truncated=truncated,
         key_b64=_b64(raw_key) if raw_key is not None else None,
         headers=headers,
+        record_kept=not truncated,
         failed_at=utcnow(),
     )

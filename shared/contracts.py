@@ -448,6 +448,11 @@ class DeadLetter(Event):
     headers: list[RecordHeader] = Field(
         default_factory=list, description="The original headers, in order."
     )
+    record_kept: bool = Field(
+        False,
+        description="True when the letter holds the original key, value and headers byte for "
+        "byte, so that it can be replayed (false for cut letters and for earlier ones).",
+    )
 
 
 # --- the catalogue --------------------------------------------------------------------------
