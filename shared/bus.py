@@ -574,9 +574,16 @@ class ConsumerRunner:
                 self._pending.pop(tp, None)
                 self._outages.pop(tp, None)
             if due:
-                await self._commit(consumer, due)
+                await self._commit(consumer, due, keep_on_failure=False)
 
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        offsets: dict[TopicPartition, int],
+        *,
+        keep_on_failure: bool = True,
+    ) -> None:
+        """Commit ``offsets``; a rebalance or an unreachable broker is logged, never fatal."""
         try:
             await consumer.commit(offsets)
         except _LOST_TO_REBALANCE as exc:
@@ -591,8 +598,9 @@ class ConsumerRunner:
             # The work is done; the next commit of these partitions carries a later offset, and
             # a restart before it redelivers to idempotent handlers.
             log.warning("commit failed; retried with the next one", error=repr(exc))
-            for tp, off in offsets.items():
-                self._pending[tp] = max(off, self._pending.get(tp, 0))
+            if keep_on_failure:
+                for tp, off in offsets.items():
+                    self._pending[tp] = max(off, self._pending.get(tp, 0))
 
     def _current(self, generation: int) -> bool:
         return generation == self._generation and not self._stopping.is_set()
@@ -659,8 +667,11 @@ class ConsumerRunner:
             retry_at=now + delay / 1000,
             error=error,
         )
-        consumer.seek(tp, offset)
-        consumer.pause(tp)
+        try:
+            consumer.seek(tp, offset)
+            consumer.pause(tp)
+        except IllegalStateError:  # no longer ours: the next owner starts from the last commit
+            self._outages.pop(tp, None)
         INFRA_FAILURES.labels(self._sub.group, tp.topic).inc()
         (log.warning if previous is None else log.info)(
             "dependency unavailable; partition paused",
