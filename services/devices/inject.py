@@ -33,7 +33,7 @@ from services.devices.config import DevicesSettings
 from services.devices.core.model import Device
 from services.devices.core.telemetry import LevelsProjection, TelemetryDeps
 from shared import contracts, projections
-from shared.bus import Message, Publisher, Subscription
+from shared.bus import Publisher, Subscription
 from shared.service import Runtime, build_service_app
 from shared.store import Document
 
@@ -75,16 +75,6 @@ def telemetry_handler(
     )
 
 
-def one_at_a_time(handler: TelemetryHandler) -> Callable[[Message], Awaitable[None]]:
-    """The batch handler behind a per-message subscription (until the runner has batches)."""
-
-    async def handle(msg: Message) -> None:
-        for _msg, exc in await handler([msg]):
-            raise exc
-
-    return handle
-
-
 def build_app(settings: DevicesSettings | None = None) -> FastAPI:
     settings = settings or DevicesSettings()
     wiring = Wiring(Directory())
@@ -100,9 +90,7 @@ def build_app(settings: DevicesSettings | None = None) -> FastAPI:
         )
         yield Subscription(
             group=GROUP,
-            handlers={
-                contracts.TELEMETRY.name: one_at_a_time(telemetry_handler(db, wiring, settings))
-            },
+            batch_handlers={contracts.TELEMETRY.name: telemetry_handler(db, wiring, settings)},
         )
 
     async def setup(app: FastAPI, runtime: Runtime) -> Callable[[], Awaitable[None]]:

@@ -98,12 +98,7 @@ async def caught_up(bootstrap: str, group: str, topic: str) -> bool:
 
 
 def subscription(group: str, topic: str, handler: Any) -> Subscription:
-    """The handler as the runner takes it: a batch handler where the runner has them."""
-    if "batch_handlers" in getattr(Subscription, "__dataclass_fields__", {}):
-        return Subscription(group=group, handlers={}, batch_handlers={topic: handler})  # type: ignore[call-arg]
-    from services.devices.inject import one_at_a_time
-
-    return Subscription(group, {topic: one_at_a_time(handler)})
+    return Subscription(group=group, batch_handlers={topic: handler})
 
 
 @pytest.fixture

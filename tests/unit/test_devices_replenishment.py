@@ -192,3 +192,13 @@ def test_a_track_survives_its_stored_form() -> None:
     doc = track.to_doc()
     assert not any(isinstance(v, list) and v and isinstance(v[0], list) for v in doc.values())
     assert Track.from_doc(doc) == track
+
+
+async def test_a_unit_used_and_a_new_need_in_one_batch_sees_the_stock_without_it() -> None:
+    w = world(ref(1), policy=Policy(lead_time_days=0))
+    w.stock.on_hand_units[("dev1", "black")] = 1
+    await feed(w, report("SN1", 0, black=8))
+    await feed(
+        w, report("SN1", 1, black=100), report("SN1", 4, black=100), report("SN1", 300, black=5)
+    )
+    assert w.orders.orders["dev1:black:1"].action is SupplyAction.SHIPMENT

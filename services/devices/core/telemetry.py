@@ -124,6 +124,25 @@ async def process_telemetry(
                 replaced.append((ref, effect))
         folded[device_id] = (ref, before, after)
 
+    # Units used first: an order in the same batch must see the stock without them.
+    if replaced:
+        closing = [
+            order_id(ref.device_id, r.consumable, r.closed_generation)
+            for ref, r in replaced
+            if r.was_ordered
+        ]
+        if closing:
+            await deps.orders.close(closing, now)
+            outcome.closed.extend(closing)
+        uses = [
+            (ref.device_id, r.consumable, r.closed_generation, _utc(r.at))
+            for ref, r in replaced
+            if r.order_action == SupplyAction.INSTALL_ON_HAND.value
+        ]
+        if uses:
+            await deps.stock.use_units(uses)
+        outcome.counts["replaced"] += len(replaced)
+
     if needs:
         on_hand = await deps.stock.on_hand((ref.device_id, n.consumable) for ref, n in needs)
         orders = [
@@ -152,24 +171,6 @@ async def process_telemetry(
             if inserted:
                 outcome.orders.append(order)
         outcome.counts["orders"] += len(outcome.orders)
-
-    if replaced:
-        closing = [
-            order_id(ref.device_id, r.consumable, r.closed_generation)
-            for ref, r in replaced
-            if r.was_ordered
-        ]
-        if closing:
-            await deps.orders.close(closing, now)
-            outcome.closed.extend(closing)
-        uses = [
-            (ref.device_id, r.consumable, r.closed_generation, _utc(r.at))
-            for ref, r in replaced
-            if r.order_action == SupplyAction.INSTALL_ON_HAND.value
-        ]
-        if uses:
-            await deps.stock.use_units(uses)
-        outcome.counts["replaced"] += len(replaced)
 
     changes: list[LevelChange] = []
     for device_id, (_ref, before, after) in folded.items():
