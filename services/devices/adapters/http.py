@@ -233,10 +233,12 @@ async def list_devices(
     principal: CurrentPrincipal,
     request: Request,
     org_id: Annotated[str | None, Query(max_length=64)] = None,
+    serial: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[DevicePublic]:
+    """The devices the caller may see, by serial; agents may filter by organisation."""
     scope = access.list_scope(principal)
-    query: dict[str, Any] = {}
+    query: dict[str, Any] = {"serial": serial} if serial else {}
     if scope is ListScope.NONE:
         raise forbidden("your role does not allow this")
     if scope is ListScope.ALL:

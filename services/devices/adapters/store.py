@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -172,19 +173,20 @@ class MongoLevels:
         self.collection = db[SUPPLY_LEVELS]
 
     async def load_all(self) -> dict[str, DeviceLevels]:
-        latest: dict[str, tuple[int, Document]] = {}
+        latest: dict[str, tuple[int, str]] = {}
         async for doc in self.collection.find({}, {"device_id": 1, "seq": 1, "state": 1}):
             seen = latest.get(doc["device_id"])
             if seen is None or doc["seq"] > seen[0]:
                 latest[doc["device_id"]] = (doc["seq"], doc["state"])
-        return {
-            device_id: DeviceLevels(
+        result = {}
+        for device_id, (seq, raw) in latest.items():
+            state = json.loads(raw)
+            result[device_id] = DeviceLevels(
                 last_at=state["last_at"],
                 tracks={c: Track.from_doc(t) for c, t in state["tracks"].items()},
                 seq=seq,
             )
-            for device_id, (seq, state) in latest.items()
-        }
+        return result
 
     async def append(self, changes: Sequence[LevelChange]) -> None:
         docs = [
@@ -195,10 +197,16 @@ class MongoLevels:
                 "seq": c.seq,
                 "at": c.at,
                 "levels": c.levels,
-                "state": {
-                    "last_at": c.state.last_at,
-                    "tracks": {name: t.to_doc() for name, t in c.state.tracks.items()},
-                },
+                # The folded state as one compact JSON string: the service's private
+                # snapshot, never queried; one field instead of dozens is much cheaper to
+                # store on FerretDB.
+                "state": json.dumps(
+                    {
+                        "last_at": c.state.last_at,
+                        "tracks": {name: t.to_doc() for name, t in c.state.tracks.items()},
+                    },
+                    separators=(",", ":"),
+                ),
             }
             for c in changes
         ]
@@ -210,7 +218,7 @@ class MongoLevels:
 
     async def history(self, device_id: str, limit: int) -> list[Document]:
         cursor = self.collection.find(
-            {"device_id": device_id}, {"at": 1, "levels": 1, "seq": 1, "state.tracks": 1}
+            {"device_id": device_id}, {"at": 1, "levels": 1, "seq": 1}
         )
         docs = sorted([d async for d in cursor], key=lambda d: d["seq"])
         return docs[-limit:]

@@ -1,0 +1,98 @@
+"""CSV import of 10,000 devices with some bad rows: 202 at once, progress, row errors, the
+good ones registered (and findable), the bad ones reported by line with the reason."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.flows import Fleet, Platform, auth, unique
+from tests.support import eventually
+
+pytestmark = pytest.mark.e2e
+
+ROWS = 10_000
+HEADER = "org_id,serial,model,model_family,name,site,postal_code,region,auto_replenishment"
+
+
+async def test_import_of_ten_thousand_devices_reports_bad_rows_and_keeps_the_good(
+    platform: Platform,
+) -> None:
+    async with httpx.AsyncClient(timeout=60) as client:
+        fleet = Fleet(platform, client)
+        org = await fleet.create_org()
+        taken = unique("SN")
+        agent = await fleet.agent()
+        # The organisation must have reached devices first; one device registered the usual way.
+        body = {"org_id": org.org_id, "serial": taken, "model": "C300i"}
+
+        async def registered() -> bool:
+            r = await client.post(fleet.url("devices", "/devices"), json=body, headers=auth(agent))
+            return r.status_code == 201
+
+        await eventually(registered)
+
+        prefix = unique("IMP")
+        lines = [HEADER]
+        bad: dict[int, str] = {}  # line number (header = 1) -> expected reason fragment
+        for i in range(ROWS):
+            line_no = i + 2
+            serial = f"{prefix}-{i:05d}"
+            row = f"{org.org_id},{serial},bizhub C{i % 7}00i,bizhub,Printer {i},Site {i % 40},"
+            row += f"00{i % 990:03d},Uusimaa,{'yes' if i % 2 else 'no'}"
+            if i % 1000 == 17:
+                row = row.replace(serial, "bad serial!")
+                bad[line_no] = "serial"
+            elif i % 1000 == 400:
+                row = row.replace(org.org_id, "no-such-organisation", 1)
+                bad[line_no] = "unknown organisation"
+            elif i == 5000:
+                row = row.replace(serial, taken)
+                bad[line_no] = "already registered"
+            elif i % 2500 == 1234:
+                row = row.replace(",yes", ",perhaps").replace(",no", ",perhaps")
+                bad[line_no] = "auto_replenishment"
+            lines.append(row)
+        started = time.monotonic()
+        response = await client.post(
+            fleet.url("devices", "/devices/import"),
+            content="\n".join(lines).encode(),
+            headers={**auth(agent), "content-type": "text/csv"},
+        )
+        assert response.status_code == 202, response.text
+        accepted = response.json()
+        assert accepted["total"] == ROWS
+        seen: list[int] = []
+
+        async def finished() -> dict[str, Any] | None:
+            r = await client.get(fleet.url("devices", accepted["status_url"]), headers=auth(agent))
+            assert r.status_code == 200, r.text
+            report: dict[str, Any] = r.json()
+            seen.append(report["processed"])
+            return report if report["status"] == "done" else None
+
+        report = await eventually(finished, timeout=240, interval=0.2, what="import done")
+        elapsed = time.monotonic() - started
+        assert seen == sorted(seen)  # progress only moves forward
+        assert report["imported"] == ROWS - len(bad)
+        assert report["failed"] == len(bad)
+        assert {e["line"] for e in report["errors"]} == set(bad)
+        for error in report["errors"]:
+            assert bad[error["line"]] in error["reason"], error
+        print(f"import of {ROWS} rows took {elapsed:.1f}s; progress seen: {sorted(set(seen))[:8]}")
+
+        async def find(serial: str) -> list[Any]:
+            r = await client.get(
+                fleet.url("devices", "/devices"), params={"serial": serial}, headers=auth(agent)
+            )
+            assert r.status_code == 200
+            found: list[Any] = r.json()
+            return found
+
+        (device,) = await find(f"{prefix}-09999")
+        assert device["org_id"] == org.org_id and device["location"]["postal_code"] == "00099"
+        assert device["auto_replenishment"] is True
+        assert await find(f"{prefix}-00017") == []
