@@ -37,8 +37,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from services.devices.adapters.directory import Directory  # noqa: E402
-from services.devices.adapters.store import INDEXES, SUPPLY_LEVELS, MongoLevels  # noqa: E402
-from services.devices.adapters.store import MongoStock, MongoSupplyOrders  # noqa: E402
+from services.devices.adapters.store import (  # noqa: E402  # noqa: E402
+    INDEXES,
+    SUPPLY_LEVELS,
+    MongoLevels,
+    MongoStock,
+    MongoSupplyOrders,
+)
 from services.devices.adapters.telemetry import TelemetryHandler  # noqa: E402
 from services.devices.core.replenishment import Policy  # noqa: E402
 from services.devices.core.telemetry import LevelsProjection, TelemetryDeps  # noqa: E402
@@ -194,7 +199,7 @@ async def bench(bootstrap: str, mongo_url: str) -> None:
     async with Mongo(mongo_settings, "devices") as mongo, Publisher(settings, "devices") as pub:
         await mongo.ensure_indexes(INDEXES)
         base = await baseline(bootstrap, topic, mongo)
-        print(f"BENCH devices_telemetry_baseline_consume_insert_many {REPORTS / base:.0f} reports/s")
+        print(f"BENCH devices_telemetry_baseline_insert_many {REPORTS / base:.0f} reports/s")
         mine = await ours(settings, topic, mongo, pub)
         stored = await mongo.db[SUPPLY_LEVELS].count_documents({})
         print(f"BENCH devices_telemetry_batch_handler {REPORTS / mine:.0f} reports/s")

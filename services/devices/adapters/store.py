@@ -217,9 +217,7 @@ class MongoLevels:
                 _only_duplicates(exc)
 
     async def history(self, device_id: str, limit: int) -> list[Document]:
-        cursor = self.collection.find(
-            {"device_id": device_id}, {"at": 1, "levels": 1, "seq": 1}
-        )
+        cursor = self.collection.find({"device_id": device_id}, {"at": 1, "levels": 1, "seq": 1})
         docs = sorted([d async for d in cursor], key=lambda d: d["seq"])
         return docs[-limit:]
 
