@@ -46,7 +46,7 @@ INDEXES = {
         IndexModel([("serial", ASCENDING)], unique=True, name="serial_unique"),
         IndexModel([("org_id", ASCENDING)], name="by_org"),
     ],
-    SUPPLY_LEVELS: [IndexModel([("device_id", ASCENDING)], name="by_device")],
+    # SUPPLY_LEVELS: none besides _id ("<device>:<seq>": a device's history is an _id range).
     SUPPLY_ORDERS: [IndexModel([("device_id", ASCENDING)], name="by_device")],
     SUPPLY_ORDERS_CLOSED: [IndexModel([("device_id", ASCENDING)], name="by_device")],
     STOCK_USAGE: [IndexModel([("device_id", ASCENDING)], name="by_device")],
@@ -217,7 +217,9 @@ class MongoLevels:
                 _only_duplicates(exc)
 
     async def history(self, device_id: str, limit: int) -> list[Document]:
-        cursor = self.collection.find({"device_id": device_id}, {"at": 1, "levels": 1, "seq": 1})
+        # "<device_id>:" up to (not including) "<device_id>;": ";" follows ":" in ASCII.
+        key = {"$gte": f"{device_id}:", "$lt": f"{device_id};"}
+        cursor = self.collection.find({"_id": key}, {"at": 1, "levels": 1, "seq": 1})
         docs = sorted([d async for d in cursor], key=lambda d: d["seq"])
         return docs[-limit:]
 

@@ -155,6 +155,11 @@ def apply_level(
 ) -> tuple[Track, list[Effect]]:
     """Fold one reported level (``at`` in epoch seconds) into the track; effects to act on."""
     effects: list[Effect] = []
+    if track is not None and track.pending_since is None and level == track.level:
+        # The common case (toner falls slowly): nothing changed, and the need was judged
+        # when the level last changed. (Replenishment switched on later is judged at the
+        # next change.)
+        return track, effects
     if track is None:
         track = Track(level=level, points=((at, level),))
     elif track.pending_since is not None:
