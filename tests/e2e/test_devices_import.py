@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.flows import Fleet, Platform, auth, unique
 from shared.contracts import DEVICES
+from tests.e2e.flows import Fleet, Platform, auth, unique
 from tests.support import eventually, read_topic
 
 pytestmark = pytest.mark.e2e
