@@ -266,16 +266,17 @@ class Message:
     @classmethod
     def of(cls, record: Any) -> Message:
         """The message of a consumed aiokafka record."""
-        raw_headers = tuple((k, bytes(v)) for k, v in (record.headers or ()))
+        raw_headers = tuple(record.headers or ())
+        key = record.key
         return cls(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key.decode(errors="replace") if record.key is not None else None,
-            value=record.value,
-            headers={k: v.decode(errors="replace") for k, v in raw_headers},
-            raw_key=record.key,
-            raw_headers=raw_headers,
+            record.topic,
+            record.partition,
+            record.offset,
+            key.decode(errors="replace") if key is not None else None,
+            record.value,
+            {k: v.decode(errors="replace") for k, v in raw_headers},
+            key,
+            raw_headers,
         )
 
 
@@ -469,8 +470,10 @@ class ConsumerRunner:
         self._stopping = asyncio.Event()
         self.started = asyncio.Event()
         self._counters: dict[tuple[str, str], Any] = {}
-        # One handler call (or one revoke) at a time: a revoke waits for the call in flight.
-        self._lock = asyncio.Lock()
+        # Set while no handler call is in flight: a revoke waits for it before committing.
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Bumped by every revoke: records fetched under an older generation are dropped.
         self._generation = 0
         self._pending: dict[TopicPartition, int] = {}
         self._outages: dict[TopicPartition, _Outage] = {}
@@ -554,10 +557,10 @@ class ConsumerRunner:
                     )
         finally:
             self._running_since = None
+            self._idle.set()
             try:
-                async with self._lock:
-                    if self._pending:
-                        await self._commit(consumer, dict(self._pending))
+                if self._pending:
+                    await self._commit(consumer, dict(self._pending))
             finally:
                 self._pending.clear()
                 self._outages.clear()
@@ -567,14 +570,14 @@ class ConsumerRunner:
 
     async def _revoked(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
         """Before partitions move: commit what was handled, forget what was fetched."""
-        async with self._lock:  # waits for the handler call in flight
-            self._generation += 1
-            due = {tp: off for tp, off in self._pending.items() if tp in revoked}
-            for tp in revoked:
-                self._pending.pop(tp, None)
-                self._outages.pop(tp, None)
-            if due:
-                await self._commit(consumer, due, keep_on_failure=False)
+        self._generation += 1  # no record fetched before this point is handled from now on
+        await self._idle.wait()  # the handler call in flight finishes and records its offset
+        due = {tp: off for tp, off in self._pending.items() if tp in revoked}
+        for tp in revoked:
+            self._pending.pop(tp, None)
+            self._outages.pop(tp, None)
+        if due:
+            await self._commit(consumer, due, keep_on_failure=False)
 
     async def _commit(
         self,
@@ -614,26 +617,33 @@ class ConsumerRunner:
     ) -> None:
         if tp in self._outages and self._outages[tp].paused:
             return  # fetched before the pause; the partition was rewound
+        # Cooperative scheduling makes "still current, now busy" one step: a revoke cannot
+        # slip in between the check and the call, and waits for ``_idle`` after it.
         batch_handler = self._sub.batch_handlers.get(tp.topic)
         if batch_handler is not None:
             BATCH_SIZE.labels(self._sub.group, tp.topic).observe(len(messages))
-            async with self._lock:
-                if self._current(generation):
+            if self._current(generation):
+                self._idle.clear()
+                try:
                     await self._batch(consumer, tp, batch_handler, messages)
+                finally:
+                    self._idle.set()
         else:
             handler = self._sub.handlers[tp.topic]
             for msg in messages:
-                async with self._lock:
-                    if not self._current(generation):
-                        break
+                if not self._current(generation):
+                    break
+                self._idle.clear()
+                try:
                     failed = await self._one(handler, msg)
                     if failed is not None:
                         self._pause(consumer, tp, msg.offset, failed)
                         break
                     self._done(tp, msg.offset)
-        async with self._lock:
-            if generation == self._generation and tp in self._pending:
-                await self._commit(consumer, {tp: self._pending.pop(tp)})
+                finally:
+                    self._idle.set()
+        if generation == self._generation and tp in self._pending:
+            await self._commit(consumer, {tp: self._pending.pop(tp)})
 
     def _done(self, tp: TopicPartition, offset: int) -> None:
         self._pending[tp] = offset + 1
