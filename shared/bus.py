@@ -40,7 +40,13 @@ from aiokafka.errors import (
 )
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
-from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
+from pymongo.errors import (
+    ConnectionFailure,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WTimeoutError,
+)
 
 from shared.config import KafkaSettings
 from shared.contracts import CATALOGUE, DEAD_LETTER, DeadLetter, RecordHeader, Topic
@@ -380,6 +386,15 @@ def classify(exc: BaseException) -> Failure:
     return Failure.UNKNOWN
 
 
+# Server error codes that mean "not now" rather than "never" (the codes the MongoDB drivers
+# retry: host unreachable or not found, network timeout, shutdown in progress, primary stepped
+# down, time limit exceeded, socket exception, not writable primary, interrupted at shutdown or
+# by a replica-set state change, not primary or secondary, ...).
+_MONGO_RETRYABLE_CODES = frozenset(
+    {6, 7, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436}
+)
+
+
 def _is_infrastructure(exc: BaseException) -> bool:
     if isinstance(exc, _INFRASTRUCTURE):
         return True
@@ -390,6 +405,7 @@ def _is_infrastructure(exc: BaseException) -> bool:
             exc.timeout
             or exc.has_error_label("RetryableWriteError")
             or exc.has_error_label("TransientTransactionError")
+            or (isinstance(exc, OperationFailure) and exc.code in _MONGO_RETRYABLE_CODES)
         )
     return False
 

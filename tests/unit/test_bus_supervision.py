@@ -93,7 +93,9 @@ def wrapped(inner: Exception) -> Exception:
         (RuntimeError("bug"), Failure.UNKNOWN),
         (KeyError("x"), Failure.UNKNOWN),
         (DuplicateKeyError("dup"), Failure.UNKNOWN),
-        (OperationFailure("unknown operator"), Failure.UNKNOWN),
+        (OperationFailure("unknown operator", code=2), Failure.UNKNOWN),
+        (OperationFailure("shutdown in progress", code=91), Failure.INFRASTRUCTURE),
+        (OperationFailure("primary stepped down", code=189), Failure.INFRASTRUCTURE),
         (wrapped(KeyError("x")), Failure.UNKNOWN),
     ],
 )
