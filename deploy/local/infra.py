@@ -5,7 +5,10 @@ fetched once per machine into a cache outside the repository (``~/.cache/fleetde
 ``FLEETDESK_CACHE`` says otherwise):
 
 * Kafka: the broker jars from Maven Central (``org.apache.kafka:kafka_2.13`` and an SLF4J
-  binding for Log4j 2), resolved with Maven; the broker runs in KRaft mode, single node.
+  binding for Log4j 2), resolved with Maven; the broker runs in KRaft mode, single node, with
+  SASL only (the super user ``admin`` over PLAIN, the principals over SCRAM-SHA-512) and the
+  standard authorizer; ``start`` also sets the principals, topics and ACLs
+  (``shared.kafka_security``).
 * FerretDB v1.24.2: built from its Go module on the SQLite backend. Its
   ``build/version/version.txt`` must exist before ``go build`` or the binary panics.
 
