@@ -33,7 +33,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, TypeAlias
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.api import Request, RequestStruct, Response
@@ -191,11 +191,6 @@ def random_passwords(names: Iterable[str] | None = None) -> dict[str, SecretStr]
     }
 
 
-def password_environment(passwords: Mapping[str, SecretStr]) -> dict[str, str]:
-    """``FLEETDESK_KAFKA_<NAME>_PASSWORD`` variables for ``passwords`` (for child processes)."""
-    return {password_variable(n): p.get_secret_value() for n, p in passwords.items()}
-
-
 def kafka_client_environment(settings: KafkaSettings) -> dict[str, str]:
     """The ``FLEETDESK_KAFKA_*`` variables that make a child process connect as ``settings``
     do (brokers, protocol, principal, TLS files): how each service gets its own principal."""
@@ -216,9 +211,6 @@ def kafka_client_environment(settings: KafkaSettings) -> dict[str, str]:
 
 
 # --- the protocol requests aiokafka lacks (flexible versions, as Kafka 4 requires) ----------
-
-
-_Tags: TypeAlias = dict[int, bytes]
 
 
 class _CreateAclsResponse_v2(Response):  # type: ignore[misc]
