@@ -48,7 +48,7 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
-from shared.config import KafkaSettings
+from shared.config import KafkaSettings, min_insync_replicas
 from shared.contracts import CATALOGUE, DEAD_LETTER, DeadLetter, RecordHeader, Topic
 from shared.events import (
     HEADER_CORRELATION_ID,
@@ -125,21 +125,19 @@ class InfrastructureError(Exception):
 # --- clients: every Kafka client is made here, with the platform's connection settings -------
 
 
-def client_options(settings: KafkaSettings) -> dict[str, Any]:
-    """How every client reaches the brokers (one place for connection and security options)."""
-    return {"bootstrap_servers": settings.bootstrap_servers}
+# Brokers and security come from ``KafkaSettings.client_options`` (SASL, TLS).
 
 
 def new_producer(settings: KafkaSettings, **options: Any) -> AIOKafkaProducer:
-    return AIOKafkaProducer(**client_options(settings), **options)
+    return AIOKafkaProducer(**settings.client_options(), **options)
 
 
 def new_consumer(settings: KafkaSettings, **options: Any) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(**client_options(settings), **options)
+    return AIOKafkaConsumer(**settings.client_options(), **options)
 
 
 def new_admin(settings: KafkaSettings, **options: Any) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(**client_options(settings), **options)
+    return AIOKafkaAdminClient(**settings.client_options(), **options)
 
 
 # --- producing ------------------------------------------------------------------------------
@@ -209,7 +207,10 @@ class Publisher:
 async def ensure_topics(
     settings: KafkaSettings, topics: tuple[Topic, ...] = CATALOGUE, *, wait_seconds: float = 60.0
 ) -> None:
-    """Create the catalogue's topics that are missing (compacted ones with cleanup=compact)."""
+    """Create the catalogue's topics that are missing (compacted ones with cleanup=compact).
+
+    ``min.insync.replicas`` follows the replication factor (:func:`min_insync_replicas`).
+    """
     admin = new_admin(settings)
     await admin.start()
     try:
@@ -219,7 +220,10 @@ async def ensure_topics(
                 name=t.name,
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if t.compacted else {},
+                topic_configs={
+                    "min.insync.replicas": str(min_insync_replicas(settings.replication_factor)),
+                    **({"cleanup.policy": "compact"} if t.compacted else {}),
+                },
             )
             for t in topics
             if t.name not in existing
