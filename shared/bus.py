@@ -40,9 +40,15 @@ from aiokafka.errors import (
 )
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
-from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
+from pymongo.errors import (
+    ConnectionFailure,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WTimeoutError,
+)
 
-from shared.config import KafkaSettings
+from shared.config import KafkaSettings, min_insync_replicas
 from shared.contracts import CATALOGUE, DEAD_LETTER, DeadLetter, RecordHeader, Topic
 from shared.events import (
     HEADER_CORRELATION_ID,
@@ -119,21 +125,19 @@ class InfrastructureError(Exception):
 # --- clients: every Kafka client is made here, with the platform's connection settings -------
 
 
-def client_options(settings: KafkaSettings) -> dict[str, Any]:
-    """How every client reaches the brokers (one place for connection and security options)."""
-    return {"bootstrap_servers": settings.bootstrap_servers}
+# Brokers and security come from ``KafkaSettings.client_options`` (SASL, TLS).
 
 
 def new_producer(settings: KafkaSettings, **options: Any) -> AIOKafkaProducer:
-    return AIOKafkaProducer(**client_options(settings), **options)
+    return AIOKafkaProducer(**settings.client_options(), **options)
 
 
 def new_consumer(settings: KafkaSettings, **options: Any) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(**client_options(settings), **options)
+    return AIOKafkaConsumer(**settings.client_options(), **options)
 
 
 def new_admin(settings: KafkaSettings, **options: Any) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(**client_options(settings), **options)
+    return AIOKafkaAdminClient(**settings.client_options(), **options)
 
 
 # --- producing ------------------------------------------------------------------------------
@@ -203,7 +207,10 @@ class Publisher:
 async def ensure_topics(
     settings: KafkaSettings, topics: tuple[Topic, ...] = CATALOGUE, *, wait_seconds: float = 60.0
 ) -> None:
-    """Create the catalogue's topics that are missing (compacted ones with cleanup=compact)."""
+    """Create the catalogue's topics that are missing (compacted ones with cleanup=compact).
+
+    ``min.insync.replicas`` follows the replication factor (:func:`min_insync_replicas`).
+    """
     admin = new_admin(settings)
     await admin.start()
     try:
@@ -213,7 +220,10 @@ async def ensure_topics(
                 name=t.name,
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if t.compacted else {},
+                topic_configs={
+                    "min.insync.replicas": str(min_insync_replicas(settings.replication_factor)),
+                    **({"cleanup.policy": "compact"} if t.compacted else {}),
+                },
             )
             for t in topics
             if t.name not in existing
@@ -266,16 +276,17 @@ class Message:
     @classmethod
     def of(cls, record: Any) -> Message:
         """The message of a consumed aiokafka record."""
-        raw_headers = tuple((k, bytes(v)) for k, v in (record.headers or ()))
+        raw_headers = tuple(record.headers or ())
+        key = record.key
         return cls(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key.decode(errors="replace") if record.key is not None else None,
-            value=record.value,
-            headers={k: v.decode(errors="replace") for k, v in raw_headers},
-            raw_key=record.key,
-            raw_headers=raw_headers,
+            record.topic,
+            record.partition,
+            record.offset,
+            key.decode(errors="replace") if key is not None else None,
+            record.value,
+            {k: v.decode(errors="replace") for k, v in raw_headers},
+            key,
+            raw_headers,
         )
 
 
@@ -379,6 +390,15 @@ def classify(exc: BaseException) -> Failure:
     return Failure.UNKNOWN
 
 
+# Server error codes that mean "not now" rather than "never" (the codes the MongoDB drivers
+# retry: host unreachable or not found, network timeout, shutdown in progress, primary stepped
+# down, time limit exceeded, socket exception, not writable primary, interrupted at shutdown or
+# by a replica-set state change, not primary or secondary, ...).
+_MONGO_RETRYABLE_CODES = frozenset(
+    {6, 7, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436}
+)
+
+
 def _is_infrastructure(exc: BaseException) -> bool:
     if isinstance(exc, _INFRASTRUCTURE):
         return True
@@ -389,6 +409,7 @@ def _is_infrastructure(exc: BaseException) -> bool:
             exc.timeout
             or exc.has_error_label("RetryableWriteError")
             or exc.has_error_label("TransientTransactionError")
+            or (isinstance(exc, OperationFailure) and exc.code in _MONGO_RETRYABLE_CODES)
         )
     return False
 
@@ -469,8 +490,10 @@ class ConsumerRunner:
         self._stopping = asyncio.Event()
         self.started = asyncio.Event()
         self._counters: dict[tuple[str, str], Any] = {}
-        # One handler call (or one revoke) at a time: a revoke waits for the call in flight.
-        self._lock = asyncio.Lock()
+        # Set while no handler call is in flight: a revoke waits for it before committing.
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Bumped by every revoke: records fetched under an older generation are dropped.
         self._generation = 0
         self._pending: dict[TopicPartition, int] = {}
         self._outages: dict[TopicPartition, _Outage] = {}
@@ -554,10 +577,10 @@ class ConsumerRunner:
                     )
         finally:
             self._running_since = None
+            self._idle.set()
             try:
-                async with self._lock:
-                    if self._pending:
-                        await self._commit(consumer, dict(self._pending))
+                if self._pending:
+                    await self._commit(consumer, dict(self._pending))
             finally:
                 self._pending.clear()
                 self._outages.clear()
@@ -567,14 +590,14 @@ class ConsumerRunner:
 
     async def _revoked(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
         """Before partitions move: commit what was handled, forget what was fetched."""
-        async with self._lock:  # waits for the handler call in flight
-            self._generation += 1
-            due = {tp: off for tp, off in self._pending.items() if tp in revoked}
-            for tp in revoked:
-                self._pending.pop(tp, None)
-                self._outages.pop(tp, None)
-            if due:
-                await self._commit(consumer, due, keep_on_failure=False)
+        self._generation += 1  # no record fetched before this point is handled from now on
+        await self._idle.wait()  # the handler call in flight finishes and records its offset
+        due = {tp: off for tp, off in self._pending.items() if tp in revoked}
+        for tp in revoked:
+            self._pending.pop(tp, None)
+            self._outages.pop(tp, None)
+        if due:
+            await self._commit(consumer, due, keep_on_failure=False)
 
     async def _commit(
         self,
@@ -614,26 +637,33 @@ class ConsumerRunner:
     ) -> None:
         if tp in self._outages and self._outages[tp].paused:
             return  # fetched before the pause; the partition was rewound
+        # Cooperative scheduling makes "still current, now busy" one step: a revoke cannot
+        # slip in between the check and the call, and waits for ``_idle`` after it.
         batch_handler = self._sub.batch_handlers.get(tp.topic)
         if batch_handler is not None:
             BATCH_SIZE.labels(self._sub.group, tp.topic).observe(len(messages))
-            async with self._lock:
-                if self._current(generation):
+            if self._current(generation):
+                self._idle.clear()
+                try:
                     await self._batch(consumer, tp, batch_handler, messages)
+                finally:
+                    self._idle.set()
         else:
             handler = self._sub.handlers[tp.topic]
             for msg in messages:
-                async with self._lock:
-                    if not self._current(generation):
-                        break
+                if not self._current(generation):
+                    break
+                self._idle.clear()
+                try:
                     failed = await self._one(handler, msg)
                     if failed is not None:
                         self._pause(consumer, tp, msg.offset, failed)
                         break
                     self._done(tp, msg.offset)
-        async with self._lock:
-            if generation == self._generation and tp in self._pending:
-                await self._commit(consumer, {tp: self._pending.pop(tp)})
+                finally:
+                    self._idle.set()
+        if generation == self._generation and tp in self._pending:
+            await self._commit(consumer, {tp: self._pending.pop(tp)})
 
     def _done(self, tp: TopicPartition, offset: int) -> None:
         self._pending[tp] = offset + 1

@@ -17,7 +17,7 @@ from shared.contracts import DEAD_LETTER, Topic
 from shared.events import Event
 from shared.store import OUTBOX, Mongo
 from tests.conftest import Infra
-from tests.support import read_topic
+from tests.support import client_options, read_topic
 
 STOP_TIMEOUT = 20.0
 
@@ -118,7 +118,7 @@ async def dead_letters(bootstrap: str, original_topic: str) -> list[dict[str, An
 
 async def committed(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        **client_options(bootstrap), group_id=group, enable_auto_commit=False
     )
     await consumer.start()
     try:

@@ -1,18 +1,25 @@
-"""The runner's pure parts: failure classes, bounded dead letters, the supervisor's backoff."""
+"""The runner's pure parts: failure classes, bounded dead letters, supervision, commits, replay."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import json
 import time
+from datetime import UTC, datetime
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
     KafkaConnectionError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     NotLeaderForPartitionError,
+    RebalanceInProgressError,
+    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
 from prometheus_client import REGISTRY
@@ -26,6 +33,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
+from shared import deadletters
 from shared.bus import (
     ConsumerRunner,
     Consumers,
@@ -85,7 +93,9 @@ def wrapped(inner: Exception) -> Exception:
         (RuntimeError("bug"), Failure.UNKNOWN),
         (KeyError("x"), Failure.UNKNOWN),
         (DuplicateKeyError("dup"), Failure.UNKNOWN),
-        (OperationFailure("unknown operator"), Failure.UNKNOWN),
+        (OperationFailure("unknown operator", code=2), Failure.UNKNOWN),
+        (OperationFailure("shutdown in progress", code=91), Failure.INFRASTRUCTURE),
+        (OperationFailure("primary stepped down", code=189), Failure.INFRASTRUCTURE),
         (wrapped(KeyError("x")), Failure.UNKNOWN),
     ],
 )
@@ -230,3 +240,86 @@ async def test_one_crash_followed_by_a_good_restart_is_ready_at_once() -> None:
     async with Consumers([runner], restart_backoff=0.01, healthy_after=60) as consumers:
         await probe(lambda: runner.runs >= 2 and runner.running)
         assert consumers.healthy()
+
+
+# --- commits that lose to a rebalance ---------------------------------------------------
+
+
+class RefusingConsumer:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def commit(self, offsets: object) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        CommitFailedError("group rebalanced"),
+        IllegalStateError("Partition is not assigned"),
+        RebalanceInProgressError(),
+        KafkaConnectionError(),
+    ],
+)
+async def test_a_commit_refused_by_a_rebalance_or_an_outage_does_not_crash_the_runner(
+    error: Exception,
+) -> None:
+    runner = Scripted("unit.commit", [None])
+    tp = TopicPartition("test.t", 0)
+    await runner._commit(RefusingConsumer(error), {tp: 5})  # type: ignore[arg-type]
+    # After an outage the offset is committed with the next commit; after a rebalance the
+    # next owner goes on from the last commit.
+    kept = {tp: 5} if isinstance(error, KafkaConnectionError) else {}
+    assert runner._pending == kept
+
+
+async def test_any_other_commit_failure_crashes_the_runner_for_its_supervisor() -> None:
+    runner = Scripted("unit.commit2", [None])
+    with pytest.raises(TopicAuthorizationFailedError):
+        await runner._commit(  # type: ignore[arg-type]
+            RefusingConsumer(TopicAuthorizationFailedError()), {TopicPartition("t", 0): 1}
+        )
+
+
+# --- the dead-letter tool's pure parts --------------------------------------------------
+
+
+def parked(partition: int, offset: int, **fields: object) -> deadletters.Parked:
+    msg = Message(
+        "test.t", 0, 7, "k", b'{"n": 1}', {"event_id": "e7"}, b"k", (("event_id", b"e7"),)
+    )
+    dl = dead_letter_of(
+        msg, consumer_group="g", error="E: x", attempts=1, failure="permanent", max_value_bytes=4
+    )
+    return deadletters.Parked(partition, offset, dl.model_copy(update=fields))
+
+
+def test_since_takes_a_duration_or_an_iso_time() -> None:
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    assert deadletters.parse_since("2h", now) == datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    assert deadletters.parse_since("7d", now) == datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    assert deadletters.parse_since("2026-11-27T10:00Z") == datetime(2026, 11, 27, 10, tzinfo=UTC)
+    assert deadletters.parse_since("2026-11-27T10:00") == datetime(2026, 11, 27, 10, tzinfo=UTC)
+    with pytest.raises(argparse.ArgumentTypeError):
+        deadletters.parse_since("yesterday")
+
+
+def test_a_replay_names_letters_by_event_id_or_position_once_per_original_record() -> None:
+    whole = parked(0, 3, truncated=False, record_kept=True, value_b64="eyJuIjogMX0=")
+    again = parked(2, 9, truncated=False, record_kept=True, value_b64="eyJuIjogMX0=")
+    assert deadletters.chosen([whole, again], ["e7"]) == [whole]  # the same original record
+    assert deadletters.chosen([whole, again], ["2:9"]) == [again]
+    assert deadletters.record_of(whole.letter) == (b"k", b'{"n": 1}', [("event_id", b"e7")])
+
+
+def test_a_replay_of_a_cut_or_legacy_letter_or_an_unknown_id_is_refused_whole() -> None:
+    cut = parked(0, 1)  # 8 bytes kept to 4
+    legacy = parked(0, 2, truncated=False, record_kept=False)
+    with pytest.raises(deadletters.ReplayRefused) as refused:
+        deadletters.chosen([cut, legacy], ["0:1", "0:2", "nope"])
+    text = str(refused.value)
+    assert "0:1 (dead letter 0:1): cannot replay a cut record" in text
+    assert "kept 4 of its 8 bytes" in text
+    assert "written before dead letters kept the original" in text
+    assert "nope: no such dead letter" in text
