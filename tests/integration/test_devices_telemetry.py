@@ -33,7 +33,14 @@ from shared.bus import ConsumerRunner, Publisher, Subscription, ensure_topics
 from shared.config import KafkaSettings, MongoSettings
 from shared.contracts import DEAD_LETTER, DEVICE_EVENTS
 from shared.store import Mongo, OutboxRelay
-from tests.support import create_topic, eventually, header, read_topic, topic_partitions
+from tests.support import (
+    client_options,
+    create_topic,
+    eventually,
+    header,
+    read_topic,
+    topic_partitions,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +77,7 @@ def scenario(tag: str) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]
 
 
 async def produce(bootstrap: str, topic: str, records: Sequence[tuple[str | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    producer = AIOKafkaProducer(**client_options(bootstrap), linger_ms=5)
     await producer.start()
     try:
         for key, value in records:
@@ -85,7 +92,7 @@ async def caught_up(bootstrap: str, group: str, topic: str) -> bool:
     tps = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
     if not tps:
         return False
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    consumer = AIOKafkaConsumer(**client_options(bootstrap), group_id=group)
     await consumer.start()
     try:
         ends = await consumer.end_offsets(tps)

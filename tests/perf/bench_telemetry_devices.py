@@ -12,8 +12,9 @@ service's handler under the platform's consumer runner (the device directory is 
 memory beforehand, as the service fills it from its database at start). Prints ``BENCH``
 lines. Bounded: a fixed backlog and ``BENCH_LIMIT_SECONDS`` (default 1200) for the whole run.
 
-Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` and ``FLEETDESK_TEST_MONGO_URL`` when both are set,
-else starts ``deploy/local/infra.py`` on free ports for the run and stops it afterwards.
+Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` and ``FLEETDESK_TEST_MONGO_URL`` when both are set
+(security from ``FLEETDESK_KAFKA_*``), else starts ``deploy/local/infra.py`` on free ports for
+the run (SASL, as the super user) and stops it afterwards.
 """
 
 from __future__ import annotations
@@ -86,9 +87,9 @@ def backlog() -> list[tuple[bytes, bytes]]:
     return records
 
 
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
+async def produce(settings: KafkaSettings, topic: str, records: list[tuple[bytes, bytes]]) -> float:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=256 * 1024, acks="all"
+        **settings.client_options(), linger_ms=20, max_batch_size=256 * 1024, acks="all"
     )
     await producer.start()
     started = time.perf_counter()
@@ -104,12 +105,12 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
     return time.perf_counter() - started
 
 
-async def baseline(bootstrap: str, topic: str, mongo: Mongo) -> float:
+async def baseline(settings: KafkaSettings, topic: str, mongo: Mongo) -> float:
     """Plain consumption + insert_many of the raw reports per partition batch + commit."""
     collection = mongo.db[f"raw_{uuid.uuid4().hex[:6]}"]
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **settings.client_options(),
         group_id=f"bench-baseline-{uuid.uuid4().hex[:6]}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -181,24 +182,23 @@ async def ours(settings: KafkaSettings, topic: str, mongo: Mongo, publisher: Pub
     return elapsed
 
 
-async def bench(bootstrap: str, mongo_url: str) -> None:
-    settings = KafkaSettings(bootstrap_servers=bootstrap)
+async def bench(settings: KafkaSettings, mongo_url: str) -> None:
     await ensure_topics(settings)
     topic = f"bench.telemetry.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**settings.client_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
     finally:
         await admin.close()
     records = backlog()
-    produced = await produce(bootstrap, topic, records)
+    produced = await produce(settings, topic, records)
     del records
     print(f"backlog: {REPORTS} reports over {DEVICES} devices, produced in {produced:.1f}s")
     mongo_settings = MongoSettings(url=mongo_url, database_prefix="bench" + uuid.uuid4().hex[:6])
     async with Mongo(mongo_settings, "devices") as mongo, Publisher(settings, "devices") as pub:
         await mongo.ensure_indexes(INDEXES)
-        base = await baseline(bootstrap, topic, mongo)
+        base = await baseline(settings, topic, mongo)
         print(f"BENCH devices_telemetry_baseline_insert_many {REPORTS / base:.0f} reports/s")
         mine = await ours(settings, topic, mongo, pub)
         stored = await mongo.db[SUPPLY_LEVELS].count_documents({})
@@ -211,7 +211,8 @@ def main() -> int:
     bootstrap = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
     mongo_url = os.environ.get("FLEETDESK_TEST_MONGO_URL")
     infra = None
-    if not (bootstrap and mongo_url):
+    settings = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
+    if not (settings and mongo_url):
         spec = importlib.util.spec_from_file_location(
             "fleetdesk_local_infra", ROOT / "deploy/local/infra.py"
         )
@@ -225,9 +226,9 @@ def main() -> int:
             module.free_port(),
         )
         infra.start()
-        bootstrap, mongo_url = infra.kafka_bootstrap, infra.mongo_url
+        settings, mongo_url = infra.kafka_admin(), infra.mongo_url
     try:
-        asyncio.run(asyncio.wait_for(bench(bootstrap, mongo_url), LIMIT_SECONDS))
+        asyncio.run(asyncio.wait_for(bench(settings, mongo_url), LIMIT_SECONDS))
     finally:
         if infra is not None:
             infra.stop()

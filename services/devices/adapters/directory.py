@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from services.devices.core.ports import DeviceRef
+from shared.bus import new_consumer
 from shared.config import KafkaSettings
 from shared.contracts import DEVICES, DeviceState
 from shared.logging import get_logger
@@ -76,8 +77,8 @@ async def follow_state_topic(
     stopping: asyncio.Event,
 ) -> None:
     """Load from the database, then follow the state topic from where it stood before."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    consumer = new_consumer(
+        settings,
         group_id=None,
         client_id="devices-directory",
         enable_auto_commit=False,
