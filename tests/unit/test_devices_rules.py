@@ -258,6 +258,7 @@ async def test_csv_import_reports_bad_rows_and_imports_the_good_ones() -> None:
     progress = await import_devices(ImportDevices("i1", rows, "agent1", chunk=3), repo, journal, T0)
     assert progress.imported == 2 and progress.failed == 7
     assert [e.line for e in progress.errors] == [3, 4, 5, 6, 7, 8, 10]
+    assert progress.errors[0].reason.startswith("auto_replenishment: not a yes/no value")
     assert "unknown organisation" in progress.errors[2].reason
     assert "repeated" in progress.errors[3].reason
     assert "already registered" in progress.errors[6].reason

@@ -72,13 +72,13 @@ class BadFile(Exception):
     """The file is not a CSV with the required header."""
 
 
-def _bool(value: str) -> bool:
+def _bool(name: str, value: str) -> bool:
     v = value.strip().lower()
     if v in TRUE:
         return True
     if v in FALSE:
         return False
-    raise ValueError(f"not a yes/no value: {value[:20]!r}")
+    raise ValueError(f"{name}: not a yes/no value: {value[:20]!r}")
 
 
 def _row_to_create(row: dict[str, str]) -> DeviceCreate:
@@ -88,7 +88,7 @@ def _row_to_create(row: dict[str, str]) -> DeviceCreate:
     data["location"] = {k: row[k].strip() for k in LOCATION_COLUMNS if row.get(k)}
     for name in ("emaintenance", "auto_replenishment"):
         if name in data:
-            data[name] = _bool(data[name])
+            data[name] = _bool(name, data[name])
     missing = [c for c in REQUIRED if not data.get(c)]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
