@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from shared.contracts import IDENTITY_NOTIFICATIONS
+from shared.sealing import SealingKey
 from tests.support import eventually, header, read_topic
 
 PASSWORD = "Correct-horse-42"
@@ -27,8 +28,19 @@ class Platform:
     logs: Path
     mongo_url: str
     database_prefix: str
-    signing_key_pem: str
     processes: Any  # tests.e2e.conftest.Processes: kill and restart services
+    # Notify's sealing key: the tests play notify when they open a token from the topic.
+    sealing_private_key: str = ""
+
+    @property
+    def signing_key_pem(self) -> str:
+        """The key identity signs with right now (a rotation test may change it)."""
+        return str(self.processes.env["FLEETDESK_IDENTITY_SIGNING_KEY_PEM"])
+
+    def open_token(self, event: dict[str, Any]) -> str:
+        """The raw token of a confirmation or invitation event, opened as notify would."""
+        context = "invitation" if "role" in event else "confirmation"  # InvitationIssued
+        return SealingKey(self.sealing_private_key).open(event["sealed_token"], context=context)
 
 
 @dataclass
@@ -160,7 +172,8 @@ class Fleet:
     async def confirm(self, user_id: str) -> httpx.Response:
         event = await self.notification(user_id, "identity.confirmation-requested")
         return await self.http.post(
-            self.url("identity", "/identity/registrations/confirm"), json={"token": event["token"]}
+            self.url("identity", "/identity/registrations/confirm"),
+            json={"token": self.p.open_token(event)},
         )
 
     async def admin(self, org: Org) -> User:
@@ -185,7 +198,7 @@ class Fleet:
         event = await self.notification(user_id, "identity.invitation-issued")
         accepted = await self.http.post(
             self.url("identity", "/identity/invitations/accept"),
-            json={"token": event["token"], "password": PASSWORD},
+            json={"token": self.p.open_token(event), "password": PASSWORD},
         )
         assert accepted.status_code == 200, accepted.text
         return User(user_id, email, await self.token(email))
