@@ -14,19 +14,19 @@ import pytest
 from argon2 import PasswordHasher
 
 from services.identity.adapters.keys import Signer
+from services.identity.adapters.passwords import Passwords
 from services.identity.adapters.store import INDEXES, IdentityStore
+from services.identity.adapters.throttle import SigninAttempts
 from services.identity.config import IdentitySettings
 from services.identity.core.signin import window
-from services.identity.adapters.passwords import Passwords
-from services.identity.adapters.throttle import SigninAttempts
 from services.identity.service_layer import Identity, sealer_for
 from services.identity.use_cases.sign_in import SignIn, sign_in
-from shared.sealing import development_public_key
 from shared.auth import Principal
 from shared.config import AuthSettings, Environment, MongoSettings
 from shared.contracts import Role
 from shared.events import utcnow
 from shared.http import Problem
+from shared.sealing import development_public_key
 from shared.store import Mongo
 from tests.support import eventually
 
