@@ -17,8 +17,10 @@ async def account_view(principal: Principal, org_id: str, store: IdentityStore) 
     org = await store.org(org_id)
     if org is None:
         raise not_found("organisation")
-    balance = await store.account_balance(org["customer_number"])
+    # Entries first: the balance, read after them, covers at least every entry shown (the
+    # billing feed may add one between the two reads; there is no snapshot across them).
     entries = await store.account_entries(org["customer_number"], LATEST_ENTRIES)
+    balance = await store.account_balance(org["customer_number"])
     return AccountView(
         org_id=org_id,
         customer_number=org["customer_number"],
