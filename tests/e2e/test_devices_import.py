@@ -1,5 +1,6 @@
-"""CSV import of thousands of devices (2,000 by default; FLEETDESK_TEST_IMPORT_ROWS for more) with some bad rows: 202 at once, progress, row errors, the
-good ones registered (and findable), the bad ones reported by line with the reason."""
+"""CSV import of thousands of devices (2,000 by default; FLEETDESK_TEST_IMPORT_ROWS for more)
+with some bad rows: 202 at once, progress, row errors, the good ones registered (and
+findable), the bad ones reported by line with the reason."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ async def test_import_of_thousands_of_devices_reports_bad_rows_and_keeps_the_goo
             elif i % 1000 == 400:
                 row = row.replace(org.org_id, "no-such-organisation", 1)
                 bad[line_no] = "unknown organisation"
-            elif i == 5000:
+            elif i == ROWS // 2:
                 row = row.replace(serial, taken)
                 bad[line_no] = "already registered"
             elif i % 2500 == 1234:
