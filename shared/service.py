@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, FastAPI
@@ -104,6 +104,8 @@ async def service_runtime(
 
 
 AppSetup = Callable[[FastAPI, Runtime], Awaitable[None]]
+# What a service runs for as long as it lives, beside the runtime (a stream worker, say).
+AppContext = Callable[[FastAPI, Runtime], AbstractAsyncContextManager[None]]
 
 
 def build_service_app(
@@ -117,6 +119,7 @@ def build_service_app(
     subscriptions: SubscriptionFactory,
     setup: AppSetup | None = None,
     resolver: Callable[[Runtime], PrincipalResolver] | None = None,
+    context: AppContext | None = None,
 ) -> FastAPI:
     """The service's FastAPI app; its lifespan runs the runtime and fills ``app.state``."""
 
@@ -141,7 +144,11 @@ def build_service_app(
             }
             if setup is not None:
                 await setup(app, runtime)
-            yield
+            if context is None:
+                yield
+            else:
+                async with context(app, runtime):
+                    yield
 
     return create_app(service=name, prefix=prefix, routers=routers, lifespan=lifespan)
 
