@@ -9,19 +9,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
-from faust.contrib.asgi import faust_app_running
 from fastapi import FastAPI
+from faust.contrib.asgi import faust_app_running
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.meters.adapters import http
 from services.meters.adapters.directory import Directory, DirectoryFeed
 from services.meters.adapters.store import INDEXES, LocalDecisions, ReadingStore
-from services.meters.adapters.stream import Ingestor, build_faust_app
+from services.meters.adapters.stream import APP_ID, Ingestor, build_faust_app
 from services.meters.config import MetersSettings
 from shared import contracts, projections
 from shared.bus import Publisher, Subscription
-from shared.contracts import METER_COMMANDS, ReadingSubmitted
-from shared.service import Runtime, build_service_app
+from shared.contracts import METER_COMMANDS, TELEMETRY, ReadingSubmitted
+from shared.service import AppContext, Runtime, build_service_app
 from shared.store import Document
 
 NAME = "meters"
@@ -37,37 +37,56 @@ def subscriptions(db: AsyncDatabase[Document], _publisher: Publisher) -> Iterabl
 class KafkaCommandBus:
     """Submissions go to ``meters.commands`` keyed by serial, like the telemetry."""
 
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(self, publisher: Publisher, topic: str = METER_COMMANDS.name) -> None:
         self._publisher = publisher
+        self._topic = topic
 
     async def submit(self, cmd: ReadingSubmitted) -> None:
-        await self._publisher.publish(METER_COMMANDS, cmd.serial, cmd)
+        envelope = self._publisher.envelope(cmd)
+        await self._publisher.send_raw(
+            self._topic, cmd.serial, cmd.model_dump_json().encode(), envelope.to_headers()
+        )
 
 
 @asynccontextmanager
 async def ingestion(
-    settings: MetersSettings, runtime: Runtime, *, app_id: str | None = None
+    settings: MetersSettings,
+    db: AsyncDatabase[Document],
+    publisher: Publisher,
+    *,
+    app_id: str = APP_ID,
+    telemetry_topic: str = TELEMETRY.name,
+    commands_topic: str = METER_COMMANDS.name,
 ) -> AsyncIterator[Ingestor]:
     """The directory feed and the faust worker, started and stopped together."""
     directory = Directory()
-    decisions = LocalDecisions(runtime.db)
-    faust_app = build_faust_app(settings.kafka, settings.ingest, **({"app_id": app_id} if app_id else {}))
+    decisions = LocalDecisions(db)
+    faust_app = build_faust_app(settings.kafka, settings.ingest, app_id=app_id)
     ingestor = Ingestor(
-        faust_app, settings.ingest, runtime.db, runtime.publisher, directory, decisions
+        faust_app,
+        settings.ingest,
+        db,
+        publisher,
+        directory,
+        decisions,
+        telemetry_topic=telemetry_topic,
+        commands_topic=commands_topic,
     )
-    async with DirectoryFeed(settings.kafka, directory, f"{NAME}-directory"):
-        async with faust_app_running(faust_app, stop_timeout=30):
-            ingestor.start_flusher()
-            try:
-                yield ingestor
-            finally:
-                await ingestor.stop()
+    async with (
+        DirectoryFeed(settings.kafka, directory, f"{NAME}-directory"),
+        faust_app_running(faust_app, stop_timeout=30),
+    ):
+        ingestor.start_flusher()
+        try:
+            yield ingestor
+        finally:
+            await ingestor.stop()
 
 
-def context(settings: MetersSettings):  # type: ignore[no-untyped-def]
+def context(settings: MetersSettings) -> AppContext:
     @asynccontextmanager
     async def run(app: FastAPI, runtime: Runtime) -> AsyncIterator[None]:
-        async with ingestion(settings, runtime) as ingestor:
+        async with ingestion(settings, runtime.db, runtime.publisher) as ingestor:
             app.state.ingestor = ingestor
             app.state.meters = http.MetersPorts(
                 directory=ingestor.directory,

@@ -31,7 +31,9 @@ def submission(counters: dict[str, int], at: datetime, **kw: object) -> Submissi
     return Submission(f"cmd-{at.timestamp()}", counters, "user-1", at, **kw)  # type: ignore[arg-type]
 
 
-def report(counters: dict[str, int], errors: tuple[str, ...] = (), received: float = 1000.0) -> Report:
+def report(
+    counters: dict[str, int], errors: tuple[str, ...] = (), received: float = 1000.0
+) -> Report:
     return Report("t:0:1", counters, errors, datetime(2026, 3, 1, tzinfo=UTC), received)
 
 
@@ -46,7 +48,9 @@ def test_a_manual_reading_is_accepted_and_moves_the_baseline() -> None:
 def test_each_lower_counter_is_named_with_both_values() -> None:
     memory = DeviceMemory(counters={"total": 100, "black": 50, "colour": 7})
     at = datetime(2026, 3, 1, 9, tzinfo=UTC)
-    decision = submit_reading(memory, submission({"total": 99, "black": 50, "colour": 3}, at), HELSINKI)
+    decision = submit_reading(
+        memory, submission({"total": 99, "black": 50, "colour": 3}, at), HELSINKI
+    )
     assert decision.reading is None
     assert [(r.rule, r.counter, r.previous, r.submitted) for r in decision.refusals] == [
         (Rule.LOWER_THAN_PREVIOUS, "colour", 7, 3),
@@ -141,7 +145,9 @@ def test_a_quiet_device_goes_stale_once_and_comes_back_with_a_report() -> None:
 
 def test_billing_takes_the_last_value_of_each_counter_per_local_month() -> None:
     def reading(at: datetime, counters: dict[str, int]) -> Reading:
-        return Reading(f"r{at.timestamp()}", "d", "o", "S", ReadingSource.EMAINTENANCE, counters, at)
+        return Reading(
+            f"r{at.timestamp()}", "d", "o", "S", ReadingSource.EMAINTENANCE, counters, at
+        )
 
     readings = [
         reading(datetime(2026, 1, 10, tzinfo=UTC), {"total": 10, "black": 5}),

@@ -14,6 +14,7 @@ import contextlib
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
 from services.meters.core.model import Device
@@ -129,17 +130,9 @@ class DirectoryFeed:
             isolation_level="read_committed",
             max_poll_records=5000,
         )
+        tps = await self._partitions()
         await consumer.start()
         try:
-            await consumer.topics()  # metadata of every topic, so the partitions are known
-            tps = [
-                TopicPartition(topic, p)
-                for topic in (ORGANISATIONS.name, DEVICES.name)
-                for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-            if not tps:
-                await consumer.stop()
-                raise RuntimeError("state topics not found")
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
@@ -159,6 +152,25 @@ class DirectoryFeed:
                     self.directory.caught_up.set()
         finally:
             await consumer.stop()
+
+    async def _partitions(self) -> list[TopicPartition]:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._settings.bootstrap_servers, client_id=self._client_id
+        )
+        await admin.start()
+        try:
+            described = await admin.describe_topics([ORGANISATIONS.name, DEVICES.name])
+        finally:
+            await admin.close()
+        tps = [
+            TopicPartition(t["topic"], p["partition"])
+            for t in described
+            if t["error_code"] == 0
+            for p in t["partitions"]
+        ]
+        if {tp.topic for tp in tps} != {ORGANISATIONS.name, DEVICES.name}:
+            raise RuntimeError("state topics not found")
+        return tps
 
     def _apply(self, topic: str, value: bytes | None) -> None:
         if value is None:

@@ -29,8 +29,8 @@ class ReadingCreate(BaseModel):
     counters: dict[CounterName, Annotated[int, Field(ge=0, le=10**12)]] = Field(
         min_length=1, max_length=20, description="Counter values by name (total, black, ...)."
     )
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = (
-        Field(None, description="Agents only: why the reading is entered for the customer.")
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = Field(
+        None, description="Agents only: why the reading is entered for the customer."
     )
 
 

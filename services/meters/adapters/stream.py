@@ -72,7 +72,6 @@ log = get_logger(__name__)
 
 APP_ID = "meters.ingest"  # also the consumer group; every internal topic starts with it
 TABLE = "devices"  # changelog: meters.ingest-devices-changelog
-TAGS = {TELEMETRY.name: "t", METER_COMMANDS.name: "c"}
 READINGS = "readings"
 DECISIONS = "decisions"
 
@@ -159,8 +158,14 @@ class Ingestor:
         publisher: Publisher,
         directory: Directory,
         decisions: LocalDecisions,
+        *,
+        telemetry_topic: str = TELEMETRY.name,
+        commands_topic: str = METER_COMMANDS.name,
     ) -> None:
         self.app = app
+        self.telemetry_topic = telemetry_topic
+        self.commands_topic = commands_topic
+        self._tags = {telemetry_topic: "t", commands_topic: "c"}
         self.settings = settings
         self.db = db
         self.publisher = publisher
@@ -170,10 +175,10 @@ class Ingestor:
         self.table = app.Table(
             TABLE,
             default=None,
+            # Keys stay the serial's bytes, as on the input topics (key_type=bytes: raw in
+            # the changelog and in recovery); values are JSON.
             key_type=bytes,
-            value_type=None,
-            key_serializer="raw",
-            value_serializer="json",
+            schema=faust.Schema(key_serializer="raw", value_serializer="json"),
             partitions=None,
         )
         self._batch = Batch()
@@ -182,8 +187,8 @@ class Ingestor:
         self._stale_pending: set[bytes] = set()
         self.flushed = 0
         source = app.topic(
-            TELEMETRY.name,
-            METER_COMMANDS.name,
+            telemetry_topic,
+            commands_topic,
             key_type=bytes,
             value_type=bytes,
             key_serializer="raw",
@@ -210,7 +215,7 @@ class Ingestor:
         return bool(
             app.started
             and not app.rebalancing
-            and app.tables.recovery.completed.is_set()
+            and app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
             and self.directory.caught_up.is_set()
             and (self._flusher is not None and not self._flusher.done())
         )
@@ -234,7 +239,7 @@ class Ingestor:
 
     def _decide(self, event: Any) -> None:
         msg = event.message
-        tag = TAGS[msg.topic]
+        tag = self._tags[msg.topic]
         position = f"{msg.topic}:{msg.partition}:{msg.offset}"
         key: bytes | None = event.key
         if key is None:
@@ -302,7 +307,7 @@ class Ingestor:
             offset=msg.offset,
             key=msg.key.decode(errors="replace") if isinstance(msg.key, bytes) else None,
             event_id=f"{msg.topic}:{msg.partition}:{msg.offset}",
-            consumer_group=APP_ID,
+            consumer_group=self.app.conf.id,
             error=reason[:2000],
             attempts=1,
             value=value.decode(errors="replace"),
@@ -590,7 +595,10 @@ class Ingestor:
                 continue
             serial = key.decode(errors="replace")
             check = StaleCheck(serial=serial, checked_at=datetime.now(UTC))
-            await self.publisher.publish(METER_COMMANDS, serial, check)
+            envelope = self.publisher.envelope(check)
+            await self.publisher.send_raw(
+                self.commands_topic, serial, check.model_dump_json().encode(), envelope.to_headers()
+            )
             self._stale_pending.add(key)
             sent += 1
         if sent == 0 and len(self._stale_pending) > 10 * self.settings.stale_checks_per_round:
