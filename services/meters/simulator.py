@@ -1,11 +1,12 @@
-"""A telemetry simulator: realistic eMaintenance reports for a fleet, onto ``emaintenance.telemetry``.
+"""A telemetry simulator: realistic eMaintenance reports of a fleet on ``emaintenance.telemetry``.
 
     python -m services.meters.simulator --devices 1000 --rate 200 [--count 10000] [--prefix SIM]
 
 Counters grow with use (colour a share of the total, scans on their own), toner runs down and
 is replaced, error codes come and go, and now and then a report is sent twice, a counter goes
 down (a swapped board) or a message is malformed. Serials are ``<prefix>-<n>``; the devices
-must exist in the devices service for their readings to be accepted. The benchmarks use the
+must exist in the devices service for their readings to be accepted. Kafka as
+``FLEETDESK_KAFKA_*`` say (the ``emaintenance`` principal with SASL). The benchmark uses the
 same generator.
 """
 
@@ -98,11 +99,11 @@ class Simulator:
 
 
 async def produce(
-    bootstrap: str, topic: str, reports: Iterator[tuple[str, bytes]], rate: float | None
+    kafka: KafkaSettings, topic: str, reports: Iterator[tuple[str, bytes]], rate: float | None
 ) -> int:
     """Send the reports (at ``rate`` per second when given); returns how many were sent."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        **kafka.client_options(), acks="all", enable_idempotence=True, linger_ms=5
     )
     await producer.start()
     sent = 0
@@ -137,9 +138,7 @@ def main() -> None:
     serials = [f"{args.prefix}-{i:07d}" for i in range(args.devices)]
     count = args.count or 2**62
     sim = Simulator(serials, seed=int(time.time()))
-    asyncio.run(
-        produce(KafkaSettings().bootstrap_servers, TELEMETRY.name, sim.stream(count), args.rate)
-    )
+    asyncio.run(produce(KafkaSettings(), TELEMETRY.name, sim.stream(count), args.rate))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.e2e.flows import Fleet, Org, Platform, auth, unique
-from tests.support import eventually
+from tests.support import client_options, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -71,15 +71,16 @@ async def test_manual_submission_once_a_day_and_lower_counters_refused_per_count
 ) -> None:
     device_id = world.own.device_ids[1]
     admin = auth(world.tokens["admin"] or "")
+    url = readings_url(world, device_id)
     first = await world.fleet.http.post(
-        readings_url(world, device_id), json={"counters": {"total": 100, "black": 40}}, headers=admin
+        url, json={"counters": {"total": 100, "black": 40}}, headers=admin
     )
     assert first.status_code == 201, first.text
     body = first.json()
     assert body["source"] == "manual" and body["counters"] == {"total": 100, "black": 40}
 
     again = await world.fleet.http.post(
-        readings_url(world, device_id), json={"counters": {"total": 90, "black": 41}}, headers=admin
+        url, json={"counters": {"total": 90, "black": 41}}, headers=admin
     )
     assert again.status_code == 422, again.text
     problem = again.json()
@@ -97,7 +98,9 @@ async def test_agents_enter_phoned_in_readings_with_a_reason(world: World) -> No
     agent = auth(world.tokens["agent"] or "")
     admin = auth(world.tokens["admin"] or "")
     url = readings_url(world, device_id)
-    assert (await world.fleet.http.post(url, json={"counters": {"total": 5}}, headers=admin)).status_code == 201
+    assert (
+        await world.fleet.http.post(url, json={"counters": {"total": 5}}, headers=admin)
+    ).status_code == 201
     no_reason = await world.fleet.http.post(url, json={"counters": {"total": 6}}, headers=agent)
     assert no_reason.status_code == 422 and no_reason.json()["type"].endswith("/reason-required")
     phoned = await world.fleet.http.post(
@@ -133,7 +136,9 @@ async def test_two_submissions_at_once_exactly_one_accepted(world: World) -> Non
     responses = await asyncio.gather(
         *(
             fleet.http.post(
-                readings_url(world, device_id), json={"counters": {"total": 10 + i}}, headers=headers
+                readings_url(world, device_id),
+                json={"counters": {"total": 10 + i}},
+                headers=headers,
             )
             for i in range(2)
         )
@@ -145,7 +150,7 @@ async def test_two_submissions_at_once_exactly_one_accepted(world: World) -> Non
 
 async def test_telemetry_reaches_the_history(world: World, platform: Platform) -> None:
     device_id, serial = world.own.device_ids[0], world.own.serials[0]
-    producer = AIOKafkaProducer(bootstrap_servers=platform.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(platform.kafka_bootstrap), acks="all")
     await producer.start()
     try:
         for total in (1000, 1000, 1010):

@@ -76,7 +76,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(5)}"
 
 
-def report(serial: str, counters: dict[str, int], errors: list[str] | None = None) -> dict[str, Any]:
+def report(
+    serial: str, counters: dict[str, int], errors: list[str] | None = None
+) -> dict[str, Any]:
     return {
         "serial": serial,
         "sent_at": datetime.now(UTC).isoformat(),
@@ -116,7 +118,7 @@ async def publish_fleet(publisher: Publisher, count: int, *, removed: int = 0) -
 
 @pytest.fixture(scope="module")
 async def base(infra: Infra) -> AsyncIterator[tuple[KafkaSettings, MongoSettings]]:
-    kafka = KafkaSettings(bootstrap_servers=infra.kafka_bootstrap)
+    kafka = infra.kafka_admin
     await ensure_topics(kafka)
     yield kafka, MongoSettings(url=infra.mongo_url, database_prefix="t" + secrets.token_hex(4))
 
@@ -154,15 +156,15 @@ async def worker(base: tuple[KafkaSettings, MongoSettings]) -> AsyncIterator[Wor
         stale_after_seconds=3.0, stale_check_interval_seconds=0.5, flush_interval_ms=50
     )
     settings = MetersSettings(kafka=kafka, mongo=mongo_settings, ingest=ingest)
-    telemetry = await create_topic(kafka.bootstrap_servers, partitions=3)
-    commands = await create_topic(kafka.bootstrap_servers, partitions=3)
+    telemetry = await create_topic(kafka, partitions=3)
+    commands = await create_topic(kafka, partitions=3)
     async with (
         Mongo(mongo_settings, "meters") as mongo,
         Publisher(kafka, "meters") as publisher,
     ):
         await mongo.ensure_indexes(INDEXES)
         fleet = await publish_fleet(publisher, 8, removed=1)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+        producer = AIOKafkaProducer(**kafka.client_options(), acks="all")
         await producer.start()
         w = Worker(
             settings, mongo, publisher, telemetry, commands, "meters.t" + secrets.token_hex(4),
@@ -184,7 +186,7 @@ def serials(worker: Worker) -> list[str]:
 async def events_for(worker: Worker, device_id: str, event_type: str) -> list[dict[str, Any]]:
     return [
         json.loads(r.value)
-        for r in await read_topic(worker.settings.kafka.bootstrap_servers, METER_EVENTS.name)
+        for r in await read_topic(worker.settings.kafka, METER_EVENTS.name)
         if r.key == device_id.encode() and header(r, "event_type") == event_type
     ]
 
@@ -246,7 +248,7 @@ async def test_malformed_reports_are_dead_lettered_and_the_stream_goes_on(worker
     async def letters() -> list[dict[str, Any]]:
         found = [
             json.loads(r.value)
-            for r in await read_topic(worker.settings.kafka.bootstrap_servers, DEAD_LETTER.name)
+            for r in await read_topic(worker.settings.kafka, DEAD_LETTER.name)
             if r.key == worker.telemetry.encode()
         ]
         return found if len(found) >= 3 else []
@@ -320,7 +322,7 @@ async def test_a_manual_submission_racing_a_report_is_decided_in_one_order(
 async def test_changelog_records_land_on_their_keys_partition(worker: Worker) -> None:
     # Written by the earlier tests; the producer's partitioner is the reference.
     changelog = f"{worker.app_id}-devices-changelog"
-    records = await read_topic(worker.settings.kafka.bootstrap_servers, changelog)
+    records = await read_topic(worker.settings.kafka, changelog)
     assert len(records) >= 5
     partitioner = DefaultPartitioner()
     for r in records:
@@ -353,7 +355,7 @@ async def test_a_full_redelivery_changes_nothing(worker: Worker) -> None:
     assert before > 0
     await stop_worker(worker)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=worker.settings.kafka.bootstrap_servers,
+        **worker.settings.kafka.client_options(),
         group_id=worker.app_id,
         enable_auto_commit=False,
     )
@@ -376,11 +378,10 @@ async def test_a_full_redelivery_changes_nothing(worker: Worker) -> None:
 
 
 async def _ends(worker: Worker) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=worker.settings.kafka.bootstrap_servers)
+    consumer = AIOKafkaConsumer(**worker.settings.kafka.client_options())
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in (worker.telemetry, worker.commands) for p in range(3)]
         return dict(await consumer.end_offsets(tps))
     finally:
         await consumer.stop()
-

@@ -13,7 +13,8 @@ same run:
 - latency: reports sent at half the measured rate; end-to-end time from a report's
   ``sent_at`` to its ``ReadingAccepted`` on ``meters.events`` (p50, p99).
 Each figure on a ``BENCH <name> <value> <unit>`` line. Bounded: fixed counts, a time limit.
-Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` and ``FLEETDESK_TEST_MONGO_URL`` when both are set.
+Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` and ``FLEETDESK_TEST_MONGO_URL`` when both are set
+(security from ``FLEETDESK_KAFKA_*``), else local servers (SASL, as the super user).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from services.meters.adapters.stream import Ingestor  # noqa: E402
 from services.meters.config import IngestSettings, MetersSettings  # noqa: E402
 from services.meters.inject import ingestion  # noqa: E402
 from services.meters.simulator import Odds, Simulator, produce  # noqa: E402
@@ -43,6 +45,7 @@ from shared.bus import Publisher, ensure_topics  # noqa: E402
 from shared.config import KafkaSettings, MongoSettings  # noqa: E402
 from shared.contracts import DEVICES, ORGANISATIONS, DeviceState, OrganisationState  # noqa: E402
 from shared.store import Mongo  # noqa: E402
+from tests.support import eventually  # noqa: E402
 
 REPORTS = int(os.environ.get("BENCH_REPORTS", "200000"))
 DEVICES_N = int(os.environ.get("BENCH_DEVICES", "100000"))
@@ -54,9 +57,9 @@ def bench(name: str, value: float, unit: str) -> None:
     print(f"BENCH {name} {value:.1f} {unit}", flush=True)
 
 
-async def _topic(bootstrap: str) -> str:
+async def _topic(kafka: KafkaSettings) -> str:
     name = f"meters.bench-{secrets.token_hex(5)}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.client_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, 3, 1)])
@@ -65,10 +68,10 @@ async def _topic(bootstrap: str) -> str:
     return name
 
 
-async def publish_devices(bootstrap: str, serials: list[str]) -> None:
+async def publish_devices(kafka: KafkaSettings, serials: list[str]) -> None:
     """The bench plays the devices service: one organisation, a device per serial."""
     org_id = "bench-" + secrets.token_hex(4)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=10)
     await producer.start()
     try:
         org = OrganisationState(
@@ -102,10 +105,10 @@ async def publish_devices(bootstrap: str, serials: list[str]) -> None:
         await producer.stop()
 
 
-async def baseline(bootstrap: str, topic: str, mongo: Mongo) -> float:
+async def baseline(kafka: KafkaSettings, topic: str, mongo: Mongo) -> float:
     """Plain consume of the backlog + insert_many of the raw documents: reports/s."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka.client_options(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -135,21 +138,19 @@ async def baseline(bootstrap: str, topic: str, mongo: Mongo) -> float:
 
 
 async def latency(
-    bootstrap: str, telemetry: str, serials: list[str], rate: float, since_ms: int
+    kafka: KafkaSettings, telemetry: str, serials: list[str], rate: float, since_ms: int
 ) -> list[float]:
     """Send at ``rate`` for a while; seconds from sent_at to ReadingAccepted per reading."""
     sim = Simulator(serials[: max(1, int(rate * LATENCY_SECONDS))], Odds(0, 0, 0, 0), seed=11)
     count = int(rate * LATENCY_SECONDS)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest"
-    )
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None, auto_offset_reset="latest")
     await consumer.start()
     tps = [TopicPartition("meters.events", p) for p in range(3)]
     consumer.assign(tps)
     for tp in tps:
         consumer.seek(tp, (await consumer.end_offsets([tp]))[tp])
     samples: list[float] = []
-    sender = asyncio.create_task(produce(bootstrap, telemetry, sim.stream(count), rate))
+    sender = asyncio.create_task(produce(kafka, telemetry, sim.stream(count), rate))
     deadline = time.monotonic() + LATENCY_SECONDS + 60
     try:
         while len(samples) < count * 0.95 and time.monotonic() < deadline:
@@ -168,22 +169,25 @@ async def latency(
     return samples
 
 
-async def run(bootstrap: str, mongo_url: str) -> None:
-    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+async def _done(ingestor: Ingestor) -> bool:
+    return ingestor.flushed >= REPORTS
+
+
+async def run(kafka: KafkaSettings, mongo_url: str) -> None:
     await ensure_topics(kafka)
-    telemetry, commands = await _topic(bootstrap), await _topic(bootstrap)
+    telemetry, commands = await _topic(kafka), await _topic(kafka)
     serials = [f"BENCH{secrets.token_hex(3)}-{i}" for i in range(DEVICES_N)]
     print(f"reports: {REPORTS} over {DEVICES_N} devices", flush=True)
-    await publish_devices(bootstrap, serials)
+    await publish_devices(kafka, serials)
     sim = Simulator(serials, Odds(duplicate=0.01, lower=0.001, malformed=0.001, error=0.01))
     t0 = time.perf_counter()
-    await produce(bootstrap, telemetry, sim.stream(REPORTS), None)
+    await produce(kafka, telemetry, sim.stream(REPORTS), None)
     bench("meters_backlog_produce", REPORTS / (time.perf_counter() - t0), "reports/s")
 
     mongo_settings = MongoSettings(url=mongo_url, database_prefix="bench" + secrets.token_hex(3))
     settings = MetersSettings(kafka=kafka, mongo=mongo_settings, ingest=IngestSettings())
     async with Mongo(mongo_settings, "meters") as mongo, Publisher(kafka, "meters") as publisher:
-        base = await baseline(bootstrap, telemetry, mongo)
+        base = await baseline(kafka, telemetry, mongo)
         bench("meters_baseline_consume_insert_many", base, "reports/s")
 
         started = time.perf_counter()
@@ -198,12 +202,17 @@ async def run(bootstrap: str, mongo_url: str) -> None:
             await ingestor.directory.caught_up.wait()
             ready_at = time.perf_counter()
             bench("meters_directory_load", ready_at - started, "s")
-            while ingestor.flushed < REPORTS:
-                await asyncio.sleep(0.2)
+            await eventually(
+                lambda: _done(ingestor), timeout=LIMIT_SECONDS, interval=0.2, what="all flushed"
+            )
             elapsed = time.perf_counter() - started
             rate = REPORTS / elapsed
             bench("meters_ingest_end_to_end", rate, "reports/s")
-            bench("meters_ingest_after_directory", REPORTS / (elapsed - (ready_at - started)), "reports/s")
+            bench(
+                "meters_ingest_after_directory",
+                REPORTS / (elapsed - (ready_at - started)),
+                "reports/s",
+            )
             bench("meters_ingest_vs_baseline", rate / base, "ratio")
             stats = ingestor.stats
             readings = await mongo.db["readings"].count_documents({})
@@ -215,18 +224,23 @@ async def run(bootstrap: str, mongo_url: str) -> None:
                 flush=True,
             )
             since_ms = int(time.time() * 1000)
-            samples = await latency(bootstrap, telemetry, serials, rate / 2, since_ms)
+            samples = await latency(kafka, telemetry, serials, rate / 2, since_ms)
             if samples:
                 samples.sort()
                 bench("meters_latency_p50_at_half_rate", statistics.median(samples) * 1000, "ms")
-                bench("meters_latency_p99_at_half_rate", samples[int(len(samples) * 0.99) - 1] * 1000, "ms")
+                bench(
+                    "meters_latency_p99_at_half_rate",
+                    samples[int(len(samples) * 0.99) - 1] * 1000,
+                    "ms",
+                )
 
 
 def main() -> int:
     bootstrap = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
     mongo_url = os.environ.get("FLEETDESK_TEST_MONGO_URL")
     infra = None
-    if not (bootstrap and mongo_url):
+    kafka = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
+    if not (kafka and mongo_url):
         spec = importlib.util.spec_from_file_location(
             "fleetdesk_local_infra", ROOT / "deploy/local/infra.py"
         )
@@ -240,9 +254,9 @@ def main() -> int:
             module.free_port(),
         )
         infra.start()
-        bootstrap, mongo_url = infra.kafka_bootstrap, infra.mongo_url
+        kafka, mongo_url = infra.kafka_admin(), infra.mongo_url
     try:
-        asyncio.run(asyncio.wait_for(run(bootstrap, mongo_url), LIMIT_SECONDS))
+        asyncio.run(asyncio.wait_for(run(kafka, mongo_url), LIMIT_SECONDS))
     finally:
         if infra is not None:
             infra.stop()

@@ -122,7 +122,7 @@ class DirectoryFeed:
 
     async def _consume(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+            **self._settings.client_options(),
             group_id=None,
             client_id=self._client_id,
             enable_auto_commit=False,
@@ -154,9 +154,7 @@ class DirectoryFeed:
             await consumer.stop()
 
     async def _partitions(self) -> list[TopicPartition]:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self._settings.bootstrap_servers, client_id=self._client_id
-        )
+        admin = AIOKafkaAdminClient(**self._settings.client_options(), client_id=self._client_id)
         await admin.start()
         try:
             described = await admin.describe_topics([ORGANISATIONS.name, DEVICES.name])

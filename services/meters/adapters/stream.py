@@ -49,7 +49,7 @@ from services.meters.core import model
 from services.meters.core.model import Decision, DeviceMemory, Report, Submission
 from services.meters.core.ports import Outcome
 from shared.bus import Publisher
-from shared.config import KafkaSettings
+from shared.config import KafkaSettings, faust_broker_credentials
 from shared.contracts import (
     DEAD_LETTER,
     METER_COMMANDS,
@@ -77,14 +77,14 @@ DECISIONS = "decisions"
 
 
 def faust_broker_settings(kafka: KafkaSettings) -> dict[str, Any]:
-    """The one place that says how faust reaches the brokers.
-
-    Kafka authentication (SASL) plugs in here: merge the security helper's settings
-    (``broker_credentials`` and friends) into this mapping.
-    """
-    return {
+    """The one place that says how faust reaches the brokers, as which principal (SASL)."""
+    settings: dict[str, Any] = {
         "broker": [f"kafka://{host.strip()}" for host in kafka.bootstrap_servers.split(",")],
     }
+    credentials = faust_broker_credentials(kafka)
+    if credentials is not None:
+        settings["broker_credentials"] = credentials
+    return settings
 
 
 def build_faust_app(
