@@ -208,7 +208,11 @@ class Ingestor:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        # What was decided and not flushed stays unacknowledged: the next owner replays it.
+        try:  # a graceful stop hands over what it decided; faust commits it on its way out
+            await asyncio.wait_for(self.flush(), 10)
+        except Exception as exc:
+            # Unflushed inputs stay unacknowledged: the next owner replays their decisions.
+            log.warning("final flush failed", error=repr(exc))
 
     def ready(self) -> bool:
         app = self.app
@@ -235,7 +239,20 @@ class Ingestor:
             self._mark(event.message)
             batch = self._batch
             if batch.urgent or len(batch) >= self.settings.batch_size:
+                await self._flush_until_done()
+
+    async def _flush_until_done(self) -> None:
+        """Infrastructure failures (MongoDB, the broker) are retried, never skipped: the
+        stream waits, nothing is acknowledged until its outputs are durable."""
+        delay = 0.1
+        while True:
+            try:
                 await self.flush()
+                return
+            except Exception as exc:
+                log.error("flush failed; retrying", error=repr(exc), delay=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _decide(self, event: Any) -> None:
         msg = event.message
