@@ -150,10 +150,15 @@ async def stop_worker(worker: Worker) -> None:
 
 
 @pytest.fixture(scope="module")
-async def worker(base: tuple[KafkaSettings, MongoSettings]) -> AsyncIterator[Worker]:
+async def worker(
+    base: tuple[KafkaSettings, MongoSettings], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Worker]:
     kafka, mongo_settings = base
     ingest = IngestSettings(
-        stale_after_seconds=3.0, stale_check_interval_seconds=0.5, flush_interval_ms=50
+        stale_after_seconds=3.0,
+        stale_check_interval_seconds=0.5,
+        flush_interval_ms=50,
+        data_dir=str(tmp_path_factory.mktemp("faust")),
     )
     settings = MetersSettings(kafka=kafka, mongo=mongo_settings, ingest=ingest)
     telemetry = await create_topic(kafka, partitions=3)

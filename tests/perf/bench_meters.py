@@ -185,7 +185,8 @@ async def run(kafka: KafkaSettings, mongo_url: str) -> None:
     bench("meters_backlog_produce", REPORTS / (time.perf_counter() - t0), "reports/s")
 
     mongo_settings = MongoSettings(url=mongo_url, database_prefix="bench" + secrets.token_hex(3))
-    settings = MetersSettings(kafka=kafka, mongo=mongo_settings, ingest=IngestSettings())
+    ingest = IngestSettings(data_dir=tempfile.mkdtemp(prefix="fleetdesk-bench-faust-"))
+    settings = MetersSettings(kafka=kafka, mongo=mongo_settings, ingest=ingest)
     async with Mongo(mongo_settings, "meters") as mongo, Publisher(kafka, "meters") as publisher:
         base = await baseline(kafka, telemetry, mongo)
         bench("meters_baseline_consume_insert_many", base, "reports/s")
