@@ -76,7 +76,7 @@ async def ingestion(
         DirectoryFeed(settings.kafka, directory, f"{NAME}-directory"),
         faust_app_running(faust_app, stop_timeout=30),
     ):
-        ingestor.start_flusher()
+        await ingestor.start(settings.kafka)
         try:
             yield ingestor
         finally:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -107,6 +108,9 @@ def build_faust_app(
         producer_request_timeout=30.0,
         producer_linger=0.005,
         producer_acks=-1,
+        # The changelog gets one record per input: batches of 16 KB (the default) would make
+        # the broker's round trips, not the work, the limit.
+        producer_max_batch_size=512 * 1024,
         broker_commit_interval=ingest.commit_interval_seconds,
         broker_max_poll_records=ingest.max_poll_records,
         consumer_max_fetch_size=4 * 1024 * 1024,
@@ -197,10 +201,21 @@ class Ingestor:
         app.agent(source, name=f"{APP_ID}.decide")(self._agent)
         app.timer(settings.stale_check_interval_seconds)(self._stale_timer)
         self._flusher: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start_flusher(self) -> None:
+    async def start(self, kafka: KafkaSettings) -> None:
+        """The events' own producer (idempotent, acks=all, large batches), then the flusher."""
+        self._producer = AIOKafkaProducer(
+            **kafka.client_options(),
+            client_id=f"{self.publisher.service}-ingest-producer",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+        )
+        await self._producer.start()
         self._flusher = asyncio.create_task(self._flush_loop())
 
     async def stop(self) -> None:
@@ -213,6 +228,8 @@ class Ingestor:
         except Exception as exc:
             # Unflushed inputs stay unacknowledged: the next owner replays their decisions.
             log.warning("final flush failed", error=repr(exc))
+        if self._producer is not None:
+            await self._producer.stop()
 
     def ready(self) -> bool:
         app = self.app
@@ -575,7 +592,7 @@ class Ingestor:
             await insert_ignoring_duplicates(
                 self.db[DECISIONS], [decision_doc(o["doc"]) for o in batch.decisions]
             )
-        producer = self.publisher.producer
+        producer = self._producer or self.publisher.producer
         futures: list[Awaitable[Any]] = []
         for out in batch.events:
             headers = Envelope(
