@@ -72,13 +72,13 @@ async def ingestion(
         telemetry_topic=telemetry_topic,
         commands_topic=commands_topic,
     )
-    async with (
-        DirectoryFeed(settings.kafka, directory, f"{NAME}-directory"),
-        faust_app_running(faust_app, stop_timeout=30),
-    ):
+    async with DirectoryFeed(settings.kafka, directory, f"{NAME}-directory"):
         await ingestor.start(settings.kafka)
         try:
-            yield ingestor
+            # faust stops first: its stop waits for every delivered input to be acknowledged,
+            # which the still-running flusher does.
+            async with faust_app_running(faust_app, stop_timeout=30):
+                yield ingestor
         finally:
             await ingestor.stop()
 
