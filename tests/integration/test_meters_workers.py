@@ -3,7 +3,8 @@ second worker joining and leaving mid-stream. Every report is accepted exactly o
 
 The stream: ``METERS_TEST_REPORTS`` reports (default 2,000, to keep CI inside its time; the
 issue's figure is 100,000) over 1,000 devices, each report of a device higher than the one
-before, so every report must end up as exactly one reading: none lost, none doubled, none refused as an anomaly.
+before, so every report must end up as exactly one reading: none lost, none doubled, none
+refused as an anomaly.
 """
 
 from __future__ import annotations
