@@ -92,7 +92,7 @@ def _local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     mongo_port = module.free_port()
     while mongo_port == kafka_port:
         mongo_port = module.free_port()
-    local = module.LocalInfra(run_dir, kafka_port, mongo_port)
+    local = module.LocalInfra(run_dir, kafka_port, mongo_port, durable=False)
     try:
         local.start()
         yield Infra(local.kafka_bootstrap, local.mongo_url)
