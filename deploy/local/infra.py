@@ -342,7 +342,10 @@ class LocalInfra:
 
     def _start_ferretdb(self) -> None:
         if self.backend == "postgresql":
-            backend_args = ["--handler=postgresql", f"--postgresql-url={pg.url(self.postgres_port)}"]
+            backend_args = [
+                "--handler=postgresql",
+                f"--postgresql-url={pg.url(self.postgres_port)}",
+            ]
         else:
             data = self.run_dir / "ferretdb-data"
             data.mkdir(parents=True, exist_ok=True)
