@@ -23,7 +23,7 @@ def subscriptions(db: AsyncDatabase[Document], _publisher: Publisher) -> Iterabl
 
 
 async def setup(app: FastAPI, runtime: Runtime) -> None:
-    app.state.store = DeviceStore(runtime.db, runtime.mongo.doc_locks)
+    app.state.store = DeviceStore(runtime.db)
 
 
 def build_app(settings: DevicesSettings | None = None) -> FastAPI:

@@ -98,7 +98,7 @@ def build_app(settings: IdentitySettings | None = None) -> FastAPI:
     )
 
     async def setup(app: FastAPI, runtime: Runtime) -> None:
-        store = IdentityStore(runtime.db, runtime.mongo.doc_locks)
+        store = IdentityStore(runtime.db)
         app.state.identity = Identity(store, signer, settings)
         await publish_signing_keys(runtime, signer, settings.retired_key_ids())
         await ensure_bootstrap_agent(store, settings)

@@ -12,7 +12,7 @@ from services.devices.core.model import DeviceCreate, DevicePublic, Location
 from shared import projections
 from shared.contracts import DEVICES as DEVICES_TOPIC
 from shared.contracts import DeviceState
-from shared.store import Document, DocumentLocks, new_with_outbox, with_outbox
+from shared.store import Document, new_with_outbox, with_outbox
 
 DEVICES = "devices"
 
@@ -43,9 +43,8 @@ def public(doc: Document) -> DevicePublic:
 
 
 class DeviceStore:
-    def __init__(self, db: AsyncDatabase[Document], doc_locks: DocumentLocks) -> None:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.db = db
-        self.doc_locks = doc_locks  # shared with the outbox relay (shared.store.DocumentLocks)
         self.devices = db[DEVICES]
 
     async def organisation_known(self, org_id: str) -> bool:
@@ -76,10 +75,9 @@ class DeviceStore:
             {"$set": {**changes, "revision": new["revision"]}},
             (DEVICES_TOPIC, doc["_id"], _state(new)),
         )
-        async with self.doc_locks.hold(DEVICES, doc["_id"]):
-            result = await self.devices.update_one(
-                {"_id": doc["_id"], "revision": doc["revision"]}, update
-            )
+        result = await self.devices.update_one(
+            {"_id": doc["_id"], "revision": doc["revision"]}, update
+        )
         return new if result.modified_count == 1 else None
 
     async def set_location(self, doc: Document, location: Location) -> Document | None:
