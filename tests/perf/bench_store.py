@@ -3,6 +3,7 @@
     make bench                                  # part of it
     uv run python tests/perf/bench_store.py     # alone
     BENCH_STORE_DOCS=200000 BENCH_STORE_STOCK_DOCS=20000 uv run python tests/perf/bench_store.py
+    BENCH_STORE_BACKENDS=sqlite uv run python tests/perf/bench_store.py   # the baseline only
 
 Starts two servers of its own (``deploy/local/infra.py``, temporary folders, free ports): the
 platform's server (patched FerretDB on PostgreSQL) and stock FerretDB 1.24.2 on SQLite, and runs
@@ -10,7 +11,8 @@ the same steps on each: ``insert_many`` (batches of 5,000) into a collection wit
 service would have; ``find_one`` by ``_id`` and by an indexed field; bulk upserts by ``_id`` of
 existing documents; a range query on an indexed date field returning 100 documents. Stock
 FerretDB is too slow for a million documents and thousands of lookups in minutes, so it gets
-fewer of both: each of its lines names its document count (``stock-sqlite-100k``).
+fewer of both (10,000 documents; 50 lookups by ``_id``, 20 by the indexed field, 20 upserts,
+20 range queries): each of its lines names its document count (``stock-sqlite-10k``).
 
 Prints ``BENCH <name> <value> <unit>`` lines (and progress on stderr).
 """
@@ -41,7 +43,8 @@ BATCH = 5000
 class Plan:
     label: str
     docs: int
-    lookups: int
+    id_lookups: int
+    field_lookups: int
     upserts: int
     ranges: int
 
@@ -115,11 +118,14 @@ def run(url: str, plan: Plan) -> None:
                 progress(f"{plan.label}: {done:,}/{plan.docs:,} documents ({rate:,.0f} docs/s)")
         bench(f"{prefix}.insert_many", plan.docs / (time.perf_counter() - started), "docs/s")
 
-        for field, key in (("_id", "dev"), ("serial", "SN")):
-            progress(f"{plan.label}: {plan.lookups} find_one by {field}")
+        for field, key, count in (
+            ("_id", "dev", plan.id_lookups),
+            ("serial", "SN", plan.field_lookups),
+        ):
+            progress(f"{plan.label}: {count} find_one by {field}")
             times = timed(
                 lambda f=field, k=key: coll.find_one({f: f"{k}{rng.randrange(plan.docs):08d}"}),
-                plan.lookups,
+                count,
             )
             name = "id" if field == "_id" else "indexed_field"
             bench(f"{prefix}.find_one_{name}.p50", statistics.median(times), "ms")
@@ -160,12 +166,15 @@ def run(url: str, plan: Plan) -> None:
 def main() -> int:
     infra = _infra()
     docs = int(os.environ.get("BENCH_STORE_DOCS", "1000000"))
-    stock_docs = int(os.environ.get("BENCH_STORE_STOCK_DOCS", "100000"))
+    stock_docs = int(os.environ.get("BENCH_STORE_STOCK_DOCS", "10000"))
     plans = {
-        "postgresql": Plan("patched-pg", docs, 2000, 5000, 500),
-        "sqlite": Plan(f"stock-sqlite-{stock_docs // 1000}k", stock_docs, 50, 30, 20),
+        "postgresql": Plan("patched-pg", docs, 2000, 2000, 5000, 500),
+        "sqlite": Plan(f"stock-sqlite-{stock_docs // 1000}k", stock_docs, 50, 20, 20, 20),
     }
+    backends = os.environ.get("BENCH_STORE_BACKENDS", "postgresql,sqlite").split(",")
     for backend, plan in plans.items():
+        if backend not in backends:
+            continue
         with tempfile.TemporaryDirectory(prefix="fleetdesk-bench-store-") as tmp:
             local = infra.LocalInfra(
                 Path(tmp), mongo_port=infra.free_port(), backend=backend, kafka=False
