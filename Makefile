@@ -51,6 +51,7 @@ asyncapi: install
 
 bench: install
 	$(UV) run --frozen python tests/perf/bench_bus.py
+	$(UV) run --frozen python tests/perf/bench_store.py
 	$(UV) run --frozen python tests/perf/bench_telemetry_devices.py
 	$(UV) run --frozen python tests/perf/bench_meters.py
 

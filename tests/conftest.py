@@ -15,6 +15,7 @@ when the servers run without security: named servers without SASL, or containers
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -126,7 +127,9 @@ def _local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     from shared.kafka_security import principals, random_passwords
 
     passwords = {n: p.get_secret_value() for n, p in random_passwords().items()}
-    local = module.LocalInfra(run_dir, kafka_port, mongo_port, kafka_passwords=passwords)
+    local = module.LocalInfra(
+        run_dir, kafka_port, mongo_port, kafka_passwords=passwords, durable=False
+    )
     try:
         local.start()  # SCRAM users, the catalogue's topics and the ACLs included
         yield Infra(
@@ -154,6 +157,25 @@ def _named(kafka: str, mongo: str) -> Infra:
                     update={"sasl_mechanism": SaslMechanism.SCRAM_SHA_512}
                 )
     return Infra(kafka, mongo, admin, found)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fetch (download, build) the local servers before the first test, when they will be used.
+
+    On a fresh machine that takes minutes (Kafka's jars, FerretDB's Go build), which must not
+    count against the first test's timeout.
+    """
+    if os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP") and os.environ.get(
+        "FLEETDESK_TEST_MONGO_URL"
+    ):
+        return
+    if not any("infra" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    if _docker_answers():
+        return
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        _local_infra_module().fetch()
 
 
 @pytest.fixture(scope="session")

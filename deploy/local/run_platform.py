@@ -82,7 +82,7 @@ def main() -> int:
     module = _infra_module()
     if not (env.get("FLEETDESK_KAFKA_BOOTSTRAP_SERVERS") and env.get("FLEETDESK_MONGO_URL")):
         infra = module.LocalInfra(module.CACHE / "platform")
-        print("starting Kafka and FerretDB ...", flush=True)
+        print("starting Kafka, PostgreSQL and FerretDB ...", flush=True)
         infra.start()
         env["FLEETDESK_KAFKA_BOOTSTRAP_SERVERS"] = infra.kafka_bootstrap
         env["FLEETDESK_MONGO_URL"] = infra.mongo_url
