@@ -181,6 +181,7 @@ def _short(exc: ValidationError) -> str:
 
 
 Handler = Callable[[Message], Awaitable[None]]
+PartitionsHook = Callable[[list[TopicPartition]], Awaitable[None]]
 
 
 @dataclass
@@ -190,6 +191,10 @@ class Subscription:
     group: str
     handlers: dict[str, Handler]
     from_beginning: bool = True
+    on_assigned: PartitionsHook | None = None
+    """Called with the partitions this consumer was given (before their records are fetched)."""
+    on_revoked: PartitionsHook | None = None
+    """Called with the partitions taken away (after their processed offsets are committed)."""
 
 
 @dataclass
@@ -198,6 +203,8 @@ class _Tracker(ConsumerRebalanceListener):  # type: ignore[misc]
 
     consumer: AIOKafkaConsumer | None = None
     pending: dict[TopicPartition, int] = field(default_factory=dict)
+    on_assigned: PartitionsHook | None = None
+    on_revoked: PartitionsHook | None = None
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         due = {tp: off for tp, off in self.pending.items() if tp in revoked}
@@ -205,9 +212,12 @@ class _Tracker(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.consumer.commit(due)
         for tp in revoked:
             self.pending.pop(tp, None)
+        if self.on_revoked is not None:
+            await self.on_revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        return None
+        if self.on_assigned is not None:
+            await self.on_assigned(list(assigned))
 
 
 class ConsumerRunner:
@@ -241,7 +251,7 @@ class ConsumerRunner:
         return self._sub.group
 
     async def run(self) -> None:
-        tracker = _Tracker()
+        tracker = _Tracker(on_assigned=self._sub.on_assigned, on_revoked=self._sub.on_revoked)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.bootstrap_servers,
             group_id=self._sub.group,

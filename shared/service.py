@@ -103,7 +103,8 @@ async def service_runtime(
             log.info("service stopped")
 
 
-AppSetup = Callable[[FastAPI, Runtime], Awaitable[None]]
+# A setup may return a clean-up to await at shutdown (background tasks it started).
+AppSetup = Callable[[FastAPI, Runtime], Awaitable[Callable[[], Awaitable[None]] | None]]
 
 
 def build_service_app(
@@ -139,9 +140,12 @@ def build_service_app(
                 "mongodb": runtime.mongo_ready,
                 "consumers": runtime.consumers_ready,
             }
-            if setup is not None:
-                await setup(app, runtime)
-            yield
+            cleanup = await setup(app, runtime) if setup is not None else None
+            try:
+                yield
+            finally:
+                if cleanup is not None:
+                    await cleanup()
 
     return create_app(service=name, prefix=prefix, routers=routers, lifespan=lifespan)
 
