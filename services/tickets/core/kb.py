@@ -25,7 +25,7 @@ def tokens(text: str) -> list[str]:
     out: list[str] = []
     for match in _WORD.finditer(norm):
         word = match.group(0)
-        for part in {word, *word.split("-")}:
+        for part in (word, *word.split("-")):
             if len(part) >= 2 and part not in STOPWORDS and part not in out:
                 out.append(part)
     return out

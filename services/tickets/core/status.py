@@ -34,7 +34,7 @@ class Actor(StrEnum):
 
 # What each kind of actor may ask for (on top of the transition existing at all).
 ALLOWED: dict[Actor, frozenset[S]] = {
-    Actor.AGENT: frozenset(S) - {S.ASSIGNED},
+    Actor.AGENT: frozenset(S),
     Actor.ASSIGNEE: frozenset({S.IN_PROGRESS, S.WAITING_FOR_CUSTOMER, S.RESOLVED}),
     # Customers answer a waiting ticket (resume), close a resolved one, or withdraw a new one.
     Actor.CUSTOMER: frozenset({S.CLOSED, S.NEW, S.ASSIGNED, S.IN_PROGRESS}),
