@@ -124,7 +124,7 @@ async def _create(d: handlers.Deps) -> str:
 async def test_out_of_hours_ticket_says_when_it_will_be_handled() -> None:
     store, _, d = _world(hel(2026, 11, 27, 18))  # Friday evening
     tid = await _create(d)
-    created = [e for _, _, e in store.events if isinstance(e, TicketCreated)][0]
+    created = next(e for _, _, e in store.events if isinstance(e, TicketCreated))
     assert created.out_of_hours and created.clock_starts_at == hel(2026, 11, 30, 8)
     assert created.due_at == hel(2026, 11, 30, 12)
     assert store.tickets[tid].sla.warn_at == hel(2026, 11, 30, 11, 12)  # 80 % of 4 h
@@ -224,7 +224,7 @@ async def test_who_sees_a_ticket() -> None:
 
 
 async def test_kb_search_orders_by_relevance() -> None:
-    store, _, d = _world(hel(2026, 11, 26, 8))
+    _store, _, d = _world(hel(2026, 11, 26, 8))
     await handlers.add_article("Paper jam in tray 2", "Open the side door.", ["bizhub"], [], "a", d)
     await handlers.add_article(
         "Toner", "Replace toner; paper quality matters.", ["ecosys"], ["paper"], "a", d
