@@ -87,6 +87,8 @@ class TimerService:
         event = msg.parse(TicketTimersSet)
         if msg.partition not in self.owned:
             return  # not ours (any more): the owner rebuilt from the store
+        if await self.db[TICKETS].find_one({"_id": event.ticket_id}, {"_id": 1}) is None:
+            return  # another deployment's ticket on a shared broker: not in our store
         adopted = self.heap.put(
             TicketTimers(
                 ticket_id=event.ticket_id,
