@@ -94,6 +94,8 @@ def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         "FLEETDESK_IDENTITY_BOOTSTRAP_AGENT_PASSWORD": agent_password,
         # Every test client comes from 127.0.0.1: the per-client limit is tested on its own.
         "FLEETDESK_IDENTITY_SIGNIN_CLIENT_LIMIT": "10000",
+        # Offers to technicians lapse in seconds, so re-routing on no answer is seen in a test.
+        "FLEETDESK_TICKETS_OFFER_SECONDS": "4",
         **{f"FLEETDESK_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
     processes = Processes(env, ports, logs)
