@@ -47,6 +47,7 @@ asyncapi: install
 
 bench: install
 	$(UV) run --frozen python tests/perf/bench_bus.py
+	$(UV) run --frozen python tests/perf/bench_tickets_timers.py
 
 infra-fetch: install
 	$(UV) run --frozen python deploy/local/infra.py fetch

@@ -23,7 +23,7 @@ TECHNICIANS = "technicians"
 FAULT_CLAIMS = "fault_claims"
 ARTICLES = "kb_articles"
 FIRINGS = "sla_firings"  # once-only facts: (ticket, kind, deadline) -> the escalation event
-PUBLISHED = "sla_published"  # which firings reached Kafka (inserts only: no updates needed)
+PUBLISHED = "sla_published"  # which firings reached Kafka, per batch (inserts, no updates)
 
 INDEXES = {
     **projections.INDEXES,
@@ -40,7 +40,7 @@ INDEXES = {
         IndexModel([("model_families", ASCENDING)], name="by_family"),
     ],
     FIRINGS: [IndexModel([("partition", ASCENDING)], name="by_partition")],
-    PUBLISHED: [IndexModel([("partition", ASCENDING)], name="by_partition")],
+    PUBLISHED: [IndexModel([("partitions", ASCENDING)], name="by_partition")],
 }
 
 _OPEN = [str(s) for s in OPEN]
