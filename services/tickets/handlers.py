@@ -329,8 +329,13 @@ async def change_status(cmd: ChangeStatus, principal: Principal, deps: Deps) -> 
     if cmd.target in machine.RESPONDED and ticket.sla.responded_at is None:
         ticket.sla.responded_at = now
     ticket.status = cmd.target
-    if not ticket.is_open and ticket.offer is not None and not ticket.offer.accepted:
-        ticket.offer = None
+    offer = ticket.offer
+    if offer is not None and not offer.accepted:
+        if not ticket.is_open:
+            ticket.offer = None
+        elif actor is machine.Actor.ASSIGNEE or cmd.target in machine.RESPONDED:
+            # Working on it answers the offer: it must not lapse and re-route the ticket.
+            ticket.offer = offer.model_copy(update={"accepted": True, "expires_at": None})
     ticket.note(
         now, principal.user_id, "status", cmd.note[:1000], old=str(old), new=str(cmd.target)
     )

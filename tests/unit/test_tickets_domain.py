@@ -208,6 +208,19 @@ async def test_decline_and_lapse_route_to_the_next_with_reasons() -> None:
     assert store.tickets[tid].assignee == "anna" and store.tickets[tid].status is S.ASSIGNED
 
 
+async def test_working_on_an_offered_ticket_accepts_the_offer() -> None:
+    store, clock, d = _world(hel(2026, 11, 26, 8), offer_seconds=60)
+    store.roles["anna"], store.techs["anna"] = Role.TECHNICIAN, ANNA
+    tid = await _create(d)
+    anna = Principal("anna", None, Role.TECHNICIAN)
+    await handlers.change_status(handlers.ChangeStatus(tid, S.IN_PROGRESS), anna, d)
+    offer = store.tickets[tid].offer
+    assert offer is not None and offer.accepted and offer.expires_at is None
+    clock.now += timedelta(seconds=61)
+    assert not await handlers.expire_offer(tid, offer.offer_id, d)
+    assert store.tickets[tid].assignee == "anna"
+
+
 async def test_who_sees_a_ticket() -> None:
     store, _, d = _world(hel(2026, 11, 26, 8))
     tid = await _create(d)
