@@ -73,6 +73,7 @@ class TimerService:
         self._busy = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._unpublished: list[Document] = []  # recorded, publishing failed: retried
+        self._rebuilding: set[asyncio.Task[RebuildStats]] = set()
 
     # --- the consumer group ---------------------------------------------------------------
 
@@ -107,41 +108,55 @@ class TimerService:
             self._wake.set()
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Own the partitions at once (their timer messages count from now) and rebuild their
+        heap from the store in the background: a long rebuild inside the rebalance callback
+        would stall the member's heartbeats and make the group rebalance again and again."""
         parts = {tp.partition for tp in assigned if tp.topic == TICKET_TIMERS.name}
         if parts:
-            await self.rebuild(parts)
+            self.owned |= parts
+            self._rebuilding.add(asyncio.create_task(self.rebuild(parts)))
 
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         parts = {tp.partition for tp in revoked if tp.topic == TICKET_TIMERS.name}
+        for task in list(self._rebuilding):
+            task.cancel()
+        await asyncio.gather(*self._rebuilding, return_exceptions=True)
+        self._rebuilding.clear()
         # A firing in flight finishes (recorded and published) before the partition moves on.
         async with self._busy:
             self.owned -= parts
             self.heap.drop_partitions(parts)
 
     async def rebuild(self, parts: set[int]) -> RebuildStats:
-        """Load the running timers of ``parts`` from the store: one query per collection."""
+        """Load the running timers of ``parts`` from the store: one query per collection.
+
+        Timer messages adopted meanwhile are not lost: the heap keeps the newest version of
+        each ticket, whichever way it came.
+        """
         started = time.perf_counter()
         wanted = {"$in": sorted(parts)}
+        fired: set[str] = set()
+        pending: list[Document] = []
+        published: set[str] = set()
+        async for d in self.db[PUBLISHED].find({"partitions": wanted}, {"ids": 1}):
+            published.update(d["ids"])
+        async for d in self.db[FIRINGS].find({"partition": wanted}):
+            fired.add(d["_id"])
+            if d["_id"] not in published:
+                pending.append(d)
+        # No projection: FerretDB 1.24 applies it after reading, and is slower with it.
+        cursor = self.db[TICKETS].find({"partition": wanted, "timers_active": True})
+        loaded = [_timers_from(doc, doc["partition"], fired) async for doc in cursor]
         async with self._busy:
-            fired: set[str] = set()
-            pending: list[Document] = []
-            published: set[str] = set()
-            async for d in self.db[PUBLISHED].find({"partitions": wanted}, {"ids": 1}):
-                published.update(d["ids"])
-            async for d in self.db[FIRINGS].find({"partition": wanted}):
-                fired.add(d["_id"])
-                if d["_id"] not in published:
-                    pending.append(d)
+            if not parts <= self.owned:
+                log.info("timer heap rebuild dropped: partitions revoked meanwhile")
+                return RebuildStats(sorted(parts), 0, 0, time.perf_counter() - started)
+            self.heap.load(loaded)
             # Recorded but never published (a crash in between): publish now, same event id.
             try:
                 await self._publish(pending)
             except Exception as exc:  # kept in _unpublished, retried by the firing loop
                 log.warning("republishing escalations failed", error=repr(exc))
-            # No projection: FerretDB 1.24 applies it after reading, and is slower with it.
-            cursor = self.db[TICKETS].find({"partition": wanted, "timers_active": True})
-            loaded = [_timers_from(doc, doc["partition"], fired) async for doc in cursor]
-            self.heap.load(loaded)
-            self.owned |= parts
         stats = RebuildStats(
             sorted(parts), len(loaded), len(pending), time.perf_counter() - started
         )
@@ -161,6 +176,8 @@ class TimerService:
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+        for task in self._rebuilding:
+            task.cancel()
 
     async def run(self) -> None:
         while not self._stopping.is_set():
