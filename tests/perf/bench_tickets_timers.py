@@ -12,8 +12,9 @@
 4. Ticket creation through the handler and the store (routing and outbox included), one at a
    time: ``BENCH tickets_create``.
 
-Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` and ``FLEETDESK_TEST_MONGO_URL`` when set, else starts
-``deploy/local/infra.py`` on free ports and stops it afterwards. Bounded: a time limit.
+Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` (security from ``FLEETDESK_KAFKA_*``) and
+``FLEETDESK_TEST_MONGO_URL`` when set, else starts ``deploy/local/infra.py`` on free ports (SASL,
+as the super user) and stops it afterwards. Bounded: a time limit.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-async def count_escalations(bootstrap: str, prefix: str, parts: set[int]) -> Counter[str]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+async def count_escalations(kafka: KafkaSettings, prefix: str, parts: set[int]) -> Counter[str]:
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(TICKET_EVENTS.name, p) for p in parts]
@@ -91,8 +92,7 @@ async def count_escalations(bootstrap: str, prefix: str, parts: set[int]) -> Cou
         await consumer.stop()
 
 
-async def bench(bootstrap: str, mongo_url: str) -> None:
-    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+async def bench(kafka: KafkaSettings, mongo_url: str) -> None:
     await ensure_topics(kafka)
     run = secrets.token_hex(3)
     prefix = f"bench-{run}-"
@@ -172,7 +172,7 @@ async def bench(bootstrap: str, mongo_url: str) -> None:
         bench_line("tickets_timer_lateness_max", max(late), "s")
         bench_line("tickets_timer_lateness_mean", statistics.fmean(late), "s")
         event_parts = await pub.producer.partitions_for(TICKET_EVENTS.name)
-        seen = await count_escalations(bootstrap, prefix, set(event_parts))
+        seen = await count_escalations(kafka, prefix, set(event_parts))
         bench_line("tickets_escalations_published", sum(seen.values()), "events")
         bench_line("tickets_escalations_distinct", len(seen), "tickets")
         twice = sum(1 for c in seen.values() if c > 1)
@@ -196,7 +196,9 @@ def main() -> int:
     bootstrap = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
     mongo_url = os.environ.get("FLEETDESK_TEST_MONGO_URL")
     infra = None
-    if not (bootstrap and mongo_url):
+    # Named servers: security as FLEETDESK_KAFKA_* say; local ones: SASL, as the super user.
+    kafka = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
+    if not (kafka and mongo_url):
         spec = importlib.util.spec_from_file_location(
             "fleetdesk_local_infra", ROOT / "deploy/local/infra.py"
         )
@@ -210,9 +212,9 @@ def main() -> int:
             module.free_port(),
         )
         infra.start()
-        bootstrap, mongo_url = infra.kafka_bootstrap, infra.mongo_url
+        kafka, mongo_url = infra.kafka_admin(), infra.mongo_url
     try:
-        asyncio.run(asyncio.wait_for(bench(bootstrap, mongo_url), LIMIT_SECONDS))
+        asyncio.run(asyncio.wait_for(bench(kafka, mongo_url), LIMIT_SECONDS))
     finally:
         if infra is not None:
             infra.stop()
