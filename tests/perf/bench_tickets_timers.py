@@ -56,7 +56,8 @@ LIMIT_SECONDS = 900
 
 
 def bench_line(name: str, value: float, unit: str) -> None:
-    print(f"BENCH {name} {value:.4g} {unit}", flush=True)
+    shown = str(value) if isinstance(value, int) else f"{value:.4g}"
+    print(f"BENCH {name} {shown} {unit}", flush=True)
 
 
 async def wait_until(condition: Callable[[], bool], limit: float = LIMIT_SECONDS) -> None:

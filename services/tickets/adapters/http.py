@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -260,14 +261,14 @@ async def list_tickets(
         now=deps.now(), org_id=org_id, device_id=device_id, status=status_, breach=breach
     )
     if principal.is_agent:
-        flt = TicketFilter(**{**flt.__dict__, "assignee": assignee})
+        flt = replace(flt, assignee=assignee)
     elif principal.role is Role.TECHNICIAN:
-        flt = TicketFilter(**{**flt.__dict__, "assignee": principal.user_id})
+        flt = replace(flt, assignee=principal.user_id)
     else:
         if org_id and org_id != principal.org_id:
             raise forbidden("this organisation is not yours")
         devices = None if principal.role is Role.ADMIN else principal.device_ids
-        flt = TicketFilter(**{**flt.__dict__, "org_id": principal.org_id, "device_ids": devices})
+        flt = replace(flt, org_id=principal.org_id, device_ids=devices)
     tickets = await deps.store.list_tickets(flt, limit)
     return [public(t, deps) for t in tickets if handlers.can_view(principal, t)]
 
