@@ -52,7 +52,7 @@ async def technician(fleet: Fleet) -> User:
     event = await fleet.notification(user_id, "identity.invitation-issued")
     accepted = await fleet.http.post(
         fleet.url("identity", "/identity/invitations/accept"),
-        json={"token": event["token"], "password": "Tech-password-77"},
+        json={"token": fleet.p.open_token(event), "password": "Tech-password-77"},
     )
     assert accepted.status_code == 200, accepted.text
     return User(user_id, email, await fleet.token(email, "Tech-password-77"))
