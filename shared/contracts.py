@@ -190,6 +190,10 @@ class DeviceState(Event):
     auto_replenishment: bool = Field(False, description="Automatic toner replenishment is on.")
     status: DeviceStatus = Field(DeviceStatus.ACTIVE, description="active or removed.")
     removed: bool = Field(False, description="Removed by an agent: no service accepts its data.")
+    manager_ids: list[str] = Field(
+        default_factory=list,
+        description="Users assigned to the device (device/stock managers), as known from identity.",
+    )
     revision: int = Field(ge=1, description="Increases with every change.")
 
 
@@ -274,6 +278,34 @@ class DeviceStale(Event):
     org_id: str = Field(description="Its organisation.")
     serial: Serial = Field(description="Its serial.")
     last_seen_at: AwareDatetime = Field(description="Last report received.")
+    recovered: bool = Field(
+        False, description="False: the device went quiet; true: its reports are back."
+    )
+
+
+class ReadingSubmitted(Event):
+    """A manual or phoned-in reading, routed to the owner of the device's partition (key =
+    serial, the telemetry's key, so one writer decides both). Internal to meters."""
+
+    event_type = "meters.reading-submitted"
+
+    command_id: str = Field(description="Unique id; becomes the reading id when accepted.")
+    device_id: str = Field(description="The device.")
+    serial: Serial = Field(description="Its serial (the partition key).")
+    source: ReadingSource = Field(description="manual or phoned_in.")
+    counters: dict[str, Annotated[int, Field(ge=0)]] = Field(description="Counter values.")
+    submitted_by: str = Field(description="User id of the submitter.")
+    submitted_at: AwareDatetime = Field(description="When it was submitted (its reading time).")
+    reason: str | None = Field(None, description="Why an agent entered it (phoned in).")
+
+
+class StaleCheck(Event):
+    """Ask the partition owner whether a device has gone quiet (key = serial). Internal."""
+
+    event_type = "meters.stale-check"
+
+    serial: Serial = Field(description="The device's serial.")
+    checked_at: AwareDatetime = Field(description="When the timer asked.")
 
 
 # --- tickets --------------------------------------------------------------------------------
@@ -561,6 +593,15 @@ METER_EVENTS = Topic(
     writers=("meters",),
     readers=("tickets", "notify"),
 )
+METER_COMMANDS = Topic(
+    "meters.commands",
+    "Meters' own commands, keyed and partitioned like the telemetry, so that the one owner of "
+    "a device's partition decides manual and automatic readings alike.",
+    "serial",
+    (ReadingSubmitted, StaleCheck),
+    writers=("meters",),
+    readers=("meters",),
+)
 TICKET_EVENTS = Topic(
     "tickets.events",
     "Ticket lifecycle: created, status changes, assignments, SLA warnings and breaches.",
@@ -612,6 +653,7 @@ CATALOGUE: tuple[Topic, ...] = (
     DEVICES,
     DEVICE_EVENTS,
     METER_EVENTS,
+    METER_COMMANDS,
     TICKET_EVENTS,
     TICKET_TIMERS,
     BILLING_ACCOUNT_EVENTS,

@@ -9,7 +9,7 @@ headers carry on.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -157,17 +157,21 @@ class BodyLimit:
     problem handlers answer with 413 (and which is answered here if nothing else did).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_bytes = max_bytes
+        self.limits = dict(limits or {})  # per path: larger bodies where they are expected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limits.get(scope["path"], self.default_bytes)
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, receive, send, limit)
             return
         received = 0
         started = False
@@ -177,8 +181,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -191,14 +195,14 @@ class BodyLimit:
         except BodyTooLarge:
             if started:
                 raise
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = problem_response(
             413,
             "payload-too-large",
             "The request body is too large",
-            f"at most {self.max_bytes} bytes are accepted",
+            f"at most {limit} bytes are accepted",
             instance=scope.get("path"),
         )
         await response(scope, receive, send)
@@ -214,12 +218,14 @@ def create_app(
     routers: Sequence[APIRouter],
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     max_body_bytes: int = 64 * 1024,
+    body_limits: Mapping[str, int] | None = None,
 ) -> FastAPI:
     """A FastAPI app with the shared middleware and operational endpoints; docs under ``prefix``.
 
     Routers carry their full paths (each under the service's prefix).
 
     The lifespan must put a mapping of readiness checks at ``app.state.readiness``.
+    ``body_limits`` raises the body size limit for the given paths (e.g. a CSV upload).
     """
     app = FastAPI(
         title=f"Fleetdesk {service}",
@@ -230,7 +236,7 @@ def create_app(
     )
     _install_problem_handlers(app)
     # Added first, so it runs inside the correlation middleware (whose headers a 413 gets).
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, limits=body_limits)
 
     @app.middleware("http")
     async def correlation_and_metrics(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, FastAPI
@@ -116,8 +116,11 @@ async def service_runtime(
             log.info("service stopped")
 
 
-# A setup may return a clean-up to await at shutdown (background tasks it started).
-AppSetup = Callable[[FastAPI, Runtime], Awaitable[Callable[[], Awaitable[None]] | None]]
+AppCleanup = Callable[[], Awaitable[None]]
+AppSetup = Callable[[FastAPI, Runtime], Awaitable[AppCleanup | None]]
+"""Fills ``app.state``; may return a coroutine function that undoes it at shutdown."""
+# What a service runs for as long as it lives, beside the runtime (a stream worker, say).
+AppContext = Callable[[FastAPI, Runtime], AbstractAsyncContextManager[None]]
 
 
 def build_service_app(
@@ -131,6 +134,8 @@ def build_service_app(
     subscriptions: SubscriptionFactory,
     setup: AppSetup | None = None,
     resolver: Callable[[Runtime], PrincipalResolver] | None = None,
+    body_limits: Mapping[str, int] | None = None,
+    context: AppContext | None = None,
 ) -> FastAPI:
     """The service's FastAPI app; its lifespan runs the runtime and fills ``app.state``."""
 
@@ -155,12 +160,18 @@ def build_service_app(
             }
             cleanup = await setup(app, runtime) if setup is not None else None
             try:
-                yield
+                if context is None:
+                    yield
+                else:
+                    async with context(app, runtime):
+                        yield
             finally:
                 if cleanup is not None:
                     await cleanup()
 
-    return create_app(service=name, prefix=prefix, routers=routers, lifespan=lifespan)
+    return create_app(
+        service=name, prefix=prefix, routers=routers, lifespan=lifespan, body_limits=body_limits
+    )
 
 
 def serve(app: FastAPI, settings: ServiceSettings, port: int) -> None:

@@ -86,6 +86,8 @@ def main() -> int:
         infra.start()
         env["FLEETDESK_KAFKA_BOOTSTRAP_SERVERS"] = infra.kafka_bootstrap
         env["FLEETDESK_MONGO_URL"] = infra.mongo_url
+        # faust's data beside the Kafka data, so that both are wiped together.
+        env.setdefault("FLEETDESK_METERS_DATA_DIR", str(module.CACHE / "platform" / "meters"))
     service_env = _kafka_principals(infra, env)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False

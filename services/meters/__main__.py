@@ -1,4 +1,5 @@
-"""``python -m services.meters``: serve the meters API and run its consumers."""
+"""``python -m services.meters``: serve the meters API, run its consumers and the faust
+ingestion worker (started in the lifespan, on the same event loop; `/ready` reflects it)."""
 
 from services.meters.config import MetersSettings
 from services.meters.inject import build_app

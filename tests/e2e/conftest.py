@@ -99,6 +99,7 @@ def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         "FLEETDESK_MONGO_URL": infra.mongo_url,
         "FLEETDESK_MONGO_DATABASE_PREFIX": prefix,
         "FLEETDESK_MONGO_OUTBOX_POLL_MS": "200",
+        "FLEETDESK_METERS_DATA_DIR": str(logs),  # the faust worker's (empty) data directory
         "FLEETDESK_AUTH_KEY_CACHE_SECONDS": "1",
         "FLEETDESK_IDENTITY_SIGNING_KEY_PEM": signing_key,
         "FLEETDESK_IDENTITY_BOOTSTRAP_AGENT_EMAIL": "agent@service-centre.example.com",

@@ -1,0 +1,182 @@
+"""Devices by id and by serial, with their organisation's time zone, kept in memory.
+
+Every meters process reads the compacted ``devices.devices.state`` and
+``identity.organisations.state`` topics whole, without a consumer group (each instance needs
+every device, whichever partitions it owns), and keeps the highest revision of each. The
+ingestion worker starts deciding only once this copy has caught up with the topics' ends as
+they were at start-up: nothing is looked up per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import ValidationError
+
+from services.meters.core.model import Device
+from shared.config import KafkaSettings
+from shared.contracts import DEVICES, ORGANISATIONS, DeviceState, OrganisationState
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class _Entry:
+    revision: int
+    device_id: str
+    org_id: str
+    serial: str
+    removed: bool
+    emaintenance: bool
+
+
+class Directory:
+    """The in-memory directory (implements the core's ``DeviceDirectory`` port)."""
+
+    def __init__(self) -> None:
+        self._devices: dict[str, _Entry] = {}
+        self._serials: dict[str, str] = {}
+        self._zones: dict[str, tuple[int, str]] = {}
+        self.caught_up = asyncio.Event()
+
+    def device(self, device_id: str) -> Device | None:
+        entry = self._devices.get(device_id)
+        return self._device(entry) if entry else None
+
+    def by_serial(self, serial: str) -> Device | None:
+        device_id = self._serials.get(serial)
+        return self.device(device_id) if device_id else None
+
+    def _device(self, e: _Entry) -> Device:
+        zone = self._zones.get(e.org_id)
+        return Device(
+            e.device_id,
+            e.org_id,
+            e.serial,
+            e.removed,
+            e.emaintenance,
+            zone[1] if zone else "UTC",
+        )
+
+    def apply_device(self, state: DeviceState) -> None:
+        known = self._devices.get(state.device_id)
+        if known is not None and known.revision >= state.revision:
+            return
+        removed = state.removed or state.status == "removed"
+        self._devices[state.device_id] = _Entry(
+            state.revision, state.device_id, state.org_id, state.serial, removed, state.emaintenance
+        )
+        holder = self._serials.get(state.serial)
+        holder_entry = self._devices.get(holder) if holder else None
+        # A serial names the active device that has it; a removed one keeps it until then.
+        if holder_entry is None or holder == state.device_id or holder_entry.removed:
+            self._serials[state.serial] = state.device_id
+
+    def apply_organisation(self, state: OrganisationState) -> None:
+        known = self._zones.get(state.org_id)
+        if known is None or known[0] < state.revision:
+            self._zones[state.org_id] = (state.revision, state.timezone)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+
+class DirectoryFeed:
+    """Reads the two state topics from the beginning into a :class:`Directory`."""
+
+    def __init__(self, settings: KafkaSettings, directory: Directory, client_id: str) -> None:
+        self._settings = settings
+        self.directory = directory
+        self._client_id = client_id
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> DirectoryFeed:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def healthy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("directory feed failed; restarting", error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _consume(self) -> None:
+        consumer = AIOKafkaConsumer(
+            **self._settings.client_options(),
+            group_id=None,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=5000,
+        )
+        tps = await self._partitions()
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+            behind = {tp for tp in tps if ends[tp] > 0}
+            if not behind:
+                self.directory.caught_up.set()
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                for tp, records in batch.items():
+                    for record in records:
+                        self._apply(tp.topic, record.value)
+                for tp in list(behind):
+                    if await consumer.position(tp) >= ends[tp]:
+                        behind.discard(tp)
+                if not behind and not self.directory.caught_up.is_set():
+                    log.info("device directory caught up", devices=len(self.directory))
+                    self.directory.caught_up.set()
+        finally:
+            await consumer.stop()
+
+    async def _partitions(self) -> list[TopicPartition]:
+        admin = AIOKafkaAdminClient(**self._settings.client_options(), client_id=self._client_id)
+        await admin.start()
+        try:
+            described = await admin.describe_topics([ORGANISATIONS.name, DEVICES.name])
+        finally:
+            await admin.close()
+        tps = [
+            TopicPartition(t["topic"], p["partition"])
+            for t in described
+            if t["error_code"] == 0
+            for p in t["partitions"]
+        ]
+        if {tp.topic for tp in tps} != {ORGANISATIONS.name, DEVICES.name}:
+            raise RuntimeError("state topics not found")
+        return tps
+
+    def _apply(self, topic: str, value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            if topic == DEVICES.name:
+                self.directory.apply_device(DeviceState.model_validate_json(value))
+            else:
+                self.directory.apply_organisation(OrganisationState.model_validate_json(value))
+        except ValidationError as exc:
+            log.warning("state record skipped", topic=topic, error=str(exc)[:300])

@@ -1,0 +1,272 @@
+"""Benchmark of the meters ingestion worker against a real broker and MongoDB-wire server.
+
+    python tests/perf/bench_meters.py                 # starts local Kafka + FerretDB
+    BENCH_REPORTS=200000 BENCH_DEVICES=100000 python tests/perf/bench_meters.py
+
+A backlog of simulated reports (``services.meters.simulator``) is produced first; then, in the
+same run:
+- baseline: a plain aiokafka consumer reads the backlog and ``insert_many``s the raw documents
+  (no validation, no state, no events);
+- meters: the faust worker decides every report against its table, writes the accepted
+  readings with ``insert_many`` and publishes the events; timed from the worker's start until
+  every report is flushed (acknowledged);
+- latency: reports sent at half the measured rate; end-to-end time from a report's
+  ``sent_at`` to its ``ReadingAccepted`` on ``meters.events`` (p50, p99).
+Each figure on a ``BENCH <name> <value> <unit>`` line. Bounded: fixed counts, a time limit.
+Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` and ``FLEETDESK_TEST_MONGO_URL`` when both are set
+(security from ``FLEETDESK_KAFKA_*``), else local servers (SASL, as the super user).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from services.meters.adapters.stream import Ingestor  # noqa: E402
+from services.meters.config import IngestSettings, MetersSettings  # noqa: E402
+from services.meters.inject import ingestion  # noqa: E402
+from services.meters.simulator import Odds, Simulator, produce  # noqa: E402
+from shared.bus import Publisher, ensure_topics  # noqa: E402
+from shared.config import KafkaSettings, MongoSettings  # noqa: E402
+from shared.contracts import DEVICES, ORGANISATIONS, DeviceState, OrganisationState  # noqa: E402
+from shared.store import Mongo  # noqa: E402
+from tests.support import eventually  # noqa: E402
+
+REPORTS = int(os.environ.get("BENCH_REPORTS", "200000"))
+DEVICES_N = int(os.environ.get("BENCH_DEVICES", "100000"))
+LATENCY_SECONDS = float(os.environ.get("BENCH_LATENCY_SECONDS", "10"))
+INGEST_SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "600"))
+LIMIT_SECONDS = 1500
+
+
+def bench(name: str, value: float, unit: str) -> None:
+    print(f"BENCH {name} {value:.1f} {unit}", flush=True)
+
+
+async def _topic(kafka: KafkaSettings) -> str:
+    name = f"meters.bench-{secrets.token_hex(5)}"
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 3, 1)])
+    finally:
+        await admin.close()
+    return name
+
+
+async def publish_devices(kafka: KafkaSettings, serials: list[str]) -> None:
+    """The bench plays the devices service: one organisation, a device per serial."""
+    org_id = "bench-" + secrets.token_hex(4)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=10)
+    await producer.start()
+    try:
+        org = OrganisationState(
+            org_id=org_id,
+            customer_number="B" + secrets.token_hex(4),
+            system_id="S" + secrets.token_hex(4),
+            name="Bench Oy",
+            country="FI",
+            timezone="Europe/Helsinki",
+            language="fi",
+            revision=1,
+        )
+        await producer.send_and_wait(
+            ORGANISATIONS.name, org.model_dump_json().encode(), key=org_id.encode()
+        )
+        pending = []
+        for i, serial in enumerate(serials):
+            state = DeviceState(
+                device_id=f"{org_id}-{i}", org_id=org_id, serial=serial, model="m", revision=1
+            )
+            pending.append(
+                await producer.send(
+                    DEVICES.name, state.model_dump_json().encode(), key=state.device_id.encode()
+                )
+            )
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def baseline(kafka: KafkaSettings, topic: str, mongo: Mongo) -> float:
+    """Plain consume of the backlog + insert_many of the raw documents: reports/s."""
+    consumer = AIOKafkaConsumer(
+        **kafka.client_options(),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=5000,
+        fetch_max_bytes=8 * 1024 * 1024,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    collection = mongo.db["baseline"]
+    seen = 0
+    started = time.perf_counter()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(3)])
+        while seen < REPORTS:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            docs = [
+                {"_id": f"{r.partition}:{r.offset}", "raw": r.value.decode(errors="replace")}
+                for records in batch.values()
+                for r in records
+            ]
+            for start in range(0, len(docs), 1000):
+                await collection.insert_many(docs[start : start + 1000], ordered=False)
+            seen += len(docs)
+    finally:
+        await consumer.stop()
+    return REPORTS / (time.perf_counter() - started)
+
+
+async def latency(
+    kafka: KafkaSettings, telemetry: str, serials: list[str], rate: float, since_ms: int
+) -> list[float]:
+    """Send at ``rate`` for a while; seconds from sent_at to ReadingAccepted per reading."""
+    sim = Simulator(serials[: max(1, int(rate * LATENCY_SECONDS))], Odds(0, 0, 0, 0), seed=11)
+    count = int(rate * LATENCY_SECONDS)
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None, auto_offset_reset="latest")
+    await consumer.start()
+    tps = [TopicPartition("meters.events", p) for p in range(3)]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, (await consumer.end_offsets([tp]))[tp])
+    samples: list[float] = []
+    sender = asyncio.create_task(produce(kafka, telemetry, sim.stream(count), rate))
+    deadline = time.monotonic() + LATENCY_SECONDS + 60
+    try:
+        while len(samples) < count * 0.95 and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            now = time.time()
+            for records in batch.values():
+                for r in records:
+                    if (r.headers or ()) and r.timestamp >= since_ms:
+                        body = json.loads(r.value)
+                        if body.get("source") == "emaintenance" and body["counters"]:
+                            sent = datetime.fromisoformat(body["read_at"]).timestamp()
+                            samples.append(now - sent)
+        await sender
+    finally:
+        await consumer.stop()
+    return samples
+
+
+async def _done(ingestor: Ingestor) -> bool:
+    return ingestor.flushed >= REPORTS
+
+
+async def run(kafka: KafkaSettings, mongo_url: str) -> None:
+    await ensure_topics(kafka)
+    telemetry, commands = await _topic(kafka), await _topic(kafka)
+    serials = [f"BENCH{secrets.token_hex(3)}-{i}" for i in range(DEVICES_N)]
+    print(f"reports: {REPORTS} over {DEVICES_N} devices", flush=True)
+    await publish_devices(kafka, serials)
+    sim = Simulator(serials, Odds(duplicate=0.01, lower=0.001, malformed=0.001, error=0.01))
+    t0 = time.perf_counter()
+    await produce(kafka, telemetry, sim.stream(REPORTS), None)
+    bench("meters_backlog_produce", REPORTS / (time.perf_counter() - t0), "reports/s")
+
+    mongo_settings = MongoSettings(url=mongo_url, database_prefix="bench" + secrets.token_hex(3))
+    ingest = IngestSettings(data_dir=tempfile.mkdtemp(prefix="fleetdesk-bench-faust-"))
+    settings = MetersSettings(kafka=kafka, mongo=mongo_settings, ingest=ingest)
+    async with Mongo(mongo_settings, "meters") as mongo, Publisher(kafka, "meters") as publisher:
+        base = await baseline(kafka, telemetry, mongo)
+        bench("meters_baseline_consume_insert_many", base, "reports/s")
+
+        started = time.perf_counter()
+        async with ingestion(
+            settings,
+            mongo.db,
+            publisher,
+            app_id="meters.bench-" + secrets.token_hex(3),
+            telemetry_topic=telemetry,
+            commands_topic=commands,
+        ) as ingestor:
+            await ingestor.directory.caught_up.wait()
+            ready_at = time.perf_counter()
+            bench("meters_directory_load", ready_at - started, "s")
+            try:
+                await eventually(
+                    lambda: _done(ingestor), timeout=INGEST_SECONDS, interval=0.2, what="flushed"
+                )
+            except AssertionError:  # bounded: report what was done in the time allowed
+                print(f"only {ingestor.flushed} of {REPORTS} in {INGEST_SECONDS}s", flush=True)
+            elapsed = time.perf_counter() - started
+            rate = ingestor.flushed / elapsed
+            bench("meters_ingest_end_to_end", rate, "reports/s")
+            bench(
+                "meters_ingest_after_directory",
+                ingestor.flushed / (elapsed - (ready_at - started)),
+                "reports/s",
+            )
+            bench("meters_ingest_vs_baseline", rate / base, "ratio")
+            stats = ingestor.stats
+            readings = await mongo.db["readings"].count_documents({})
+            bench("meters_readings_persisted", readings, "readings")
+            print(
+                f"accepted={stats.accepted} duplicates={stats.duplicates} "
+                f"anomalies={stats.anomalies} faults={stats.faults} "
+                f"dead_lettered={stats.dead_lettered}",
+                flush=True,
+            )
+            since_ms = int(time.time() * 1000)
+            samples = await latency(kafka, telemetry, serials, rate / 2, since_ms)
+            if samples:
+                samples.sort()
+                bench("meters_latency_p50_at_half_rate", statistics.median(samples) * 1000, "ms")
+                bench(
+                    "meters_latency_p99_at_half_rate",
+                    samples[int(len(samples) * 0.99) - 1] * 1000,
+                    "ms",
+                )
+
+
+def main() -> int:
+    bootstrap = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
+    mongo_url = os.environ.get("FLEETDESK_TEST_MONGO_URL")
+    infra = None
+    kafka = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
+    if not (kafka and mongo_url):
+        spec = importlib.util.spec_from_file_location(
+            "fleetdesk_local_infra", ROOT / "deploy/local/infra.py"
+        )
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        infra = module.LocalInfra(
+            Path(tempfile.mkdtemp(prefix="fleetdesk-bench-meters-")),
+            module.free_port(),
+            module.free_port(),
+        )
+        infra.start()
+        kafka, mongo_url = infra.kafka_admin(), infra.mongo_url
+    try:
+        asyncio.run(asyncio.wait_for(run(kafka, mongo_url), LIMIT_SECONDS))
+    finally:
+        if infra is not None:
+            infra.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
