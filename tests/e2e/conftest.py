@@ -110,6 +110,8 @@ def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         "FLEETDESK_IDENTITY_TRUSTED_PROXIES": "127.0.0.1/32,10.0.0.0/8",
         "FLEETDESK_IDENTITY_NOTIFY_SEALING_PUBLIC_KEY": sealing_key.public_key,
         "FLEETDESK_NOTIFY_SEALING_PRIVATE_KEY": sealing_key.private_key_b64(),
+        # Offers to technicians lapse in seconds, so re-routing on no answer is seen in a test.
+        "FLEETDESK_TICKETS_OFFER_SECONDS": "4",
         **{f"FLEETDESK_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
     service_env = {
