@@ -101,7 +101,10 @@ class ConfirmationRequested(Event):
     user_id: str = Field(description="User to confirm.")
     email: str = Field(description="Address to confirm.")
     language: Language = Field(description="Language of the e-mail.")
-    token: str = Field(description="Single-use confirmation token (secret; never log).")
+    sealed_token: str = Field(
+        description="Single-use confirmation token, sealed to notify's key "
+        "(shared.sealing, context 'confirmation'); only notify can open it."
+    )
     expires_at: AwareDatetime = Field(description="When the token stops working.")
 
 
@@ -115,7 +118,10 @@ class InvitationIssued(Event):
     email: str = Field(description="Address of the invitee.")
     language: Language = Field(description="Language of the e-mail.")
     role: Role = Field(description="Role the invitee will have.")
-    token: str = Field(description="Single-use invitation token (secret; never log).")
+    sealed_token: str = Field(
+        description="Single-use invitation token, sealed to notify's key "
+        "(shared.sealing, context 'invitation'); only notify can open it."
+    )
     expires_at: AwareDatetime = Field(description="When the token stops working.")
 
 

@@ -2,8 +2,8 @@
 
 Starts Kafka and FerretDB from ``deploy/local/infra.py`` (unless
 ``FLEETDESK_KAFKA_BOOTSTRAP_SERVERS`` and ``FLEETDESK_MONGO_URL`` point at servers that already
-run), creates the topics, starts the
-five services as child processes, waits until each answers ``/ready``, prints one line per
+run) and Mailpit (unless ``FLEETDESK_NOTIFY_SMTP_HOST`` names a mail server), creates the
+topics, starts the five services as child processes, waits until each answers ``/ready``, prints one line per
 service with its URL, and on Ctrl-C (or SIGTERM) stops everything it started.
 """
 
@@ -46,6 +46,13 @@ def main() -> int:
         infra.start()
         env["FLEETDESK_KAFKA_BOOTSTRAP_SERVERS"] = infra.kafka_bootstrap
         env["FLEETDESK_MONGO_URL"] = infra.mongo_url
+    mailpit = None
+    if not env.get("FLEETDESK_NOTIFY_SMTP_HOST"):
+        mailpit = module.LocalMailpit(module.CACHE / "platform")
+        mailpit.start()
+        env["FLEETDESK_NOTIFY_SMTP_HOST"] = "127.0.0.1"
+        env["FLEETDESK_NOTIFY_SMTP_PORT"] = str(mailpit.smtp_port)
+        print(f"mailpit   ready  {mailpit.api_url}/  (the inbox: every e-mail notify sends)")
     from shared.bus import ensure_topics
     from shared.config import KafkaSettings
 
@@ -104,6 +111,8 @@ def main() -> int:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        if mailpit is not None:
+            mailpit.stop()
         if infra is not None:
             infra.stop()
         print("stopped", flush=True)

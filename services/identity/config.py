@@ -5,6 +5,7 @@ from typing import ClassVar
 from pydantic import Field, SecretStr
 
 from shared.config import ServiceSettings
+from shared.sealing import development_public_key
 
 
 class IdentitySettings(ServiceSettings):
@@ -48,6 +49,13 @@ class IdentitySettings(ServiceSettings):
     )
     identity_signin_window_seconds: int = Field(
         900, ge=1, description="Window of the sign-in rate limits."
+    )
+
+    sealing_notify_public_key: str = Field(
+        default_factory=development_public_key,
+        validation_alias="FLEETDESK_SEALING_NOTIFY_PUBLIC_KEY",
+        description="Notify's X25519 public key (base64url): confirmation and invitation "
+        "tokens are sealed to it.",
     )
 
     def retired_key_ids(self) -> set[str]:

@@ -44,6 +44,7 @@ from shared.contracts import (
 )
 from shared.events import Event
 from shared.http import Problem
+from shared.sealing import seal
 from shared.store import Document, LockBusy
 
 CONFIRM = "confirm"
@@ -245,7 +246,12 @@ class Identity:
             "user_id": user["_id"],
             "email": user["email"],
             "language": user["language"],
-            "token": raw,
+            # Sealed to notify (the only reader); contexts as in shared.contracts.
+            "sealed_token": seal(
+                self.settings.sealing_notify_public_key,
+                raw,
+                context="invitation" if purpose == INVITE else "confirmation",
+            ),
             "expires_at": expires_at,
         }
         event: Event = (

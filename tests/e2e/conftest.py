@@ -15,7 +15,7 @@ import pytest
 
 from services.identity.adapters.keys import generate_private_pem
 from tests.conftest import _local_infra_module
-from tests.e2e.flows import Platform
+from tests.e2e.flows import E2E_SEALING_KEY, Platform
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("identity", "devices", "meters", "tickets", "notify")
@@ -75,7 +75,7 @@ class Processes:
 
 
 @pytest.fixture(scope="session")
-def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:  # type: ignore[no-untyped-def]
+def platform(infra, mailpit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:  # type: ignore[no-untyped-def]
     logs = tmp_path_factory.mktemp("platform-logs")
     ports = {name: _local.free_port() for name in SERVICES}
     agent_password = secrets.token_urlsafe(16)
@@ -94,6 +94,10 @@ def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         "FLEETDESK_IDENTITY_BOOTSTRAP_AGENT_PASSWORD": agent_password,
         # Every test client comes from 127.0.0.1: the per-client limit is tested on its own.
         "FLEETDESK_IDENTITY_SIGNIN_CLIENT_LIMIT": "10000",
+        "FLEETDESK_NOTIFY_SEALING_PRIVATE_KEY": E2E_SEALING_KEY.private_key_b64(),
+        "FLEETDESK_SEALING_NOTIFY_PUBLIC_KEY": E2E_SEALING_KEY.public_key,
+        "FLEETDESK_NOTIFY_SMTP_HOST": mailpit.smtp_host,
+        "FLEETDESK_NOTIFY_SMTP_PORT": str(mailpit.smtp_port),
         **{f"FLEETDESK_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
     processes = Processes(env, ports, logs)
