@@ -3,8 +3,9 @@
 Starts Kafka and FerretDB from ``deploy/local/infra.py`` (unless
 ``FLEETDESK_KAFKA_BOOTSTRAP_SERVERS`` and ``FLEETDESK_MONGO_URL`` point at servers that already
 run) and Mailpit (unless ``FLEETDESK_NOTIFY_SMTP_HOST`` names a mail server), creates the
-topics, starts the five services as child processes, waits until each answers ``/ready``, prints one line per
-service with its URL, and on Ctrl-C (or SIGTERM) stops everything it started.
+topics, starts the five services as child processes, waits until each answers ``/ready``,
+prints one line per service with its URL, and on Ctrl-C (or SIGTERM) stops everything it
+started.
 """
 
 from __future__ import annotations

@@ -171,7 +171,8 @@ class Fleet:
     async def confirm(self, user_id: str) -> httpx.Response:
         event = await self.notification(user_id, "identity.confirmation-requested")
         return await self.http.post(
-            self.url("identity", "/identity/registrations/confirm"), json={"token": open_token(event)}
+            self.url("identity", "/identity/registrations/confirm"),
+            json={"token": open_token(event)},
         )
 
     async def admin(self, org: Org) -> User:
