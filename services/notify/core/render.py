@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from babel.dates import format_skeleton
+from babel.dates import format_date, format_time, get_datetime_format
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from services.notify.core.model import Notification, Recipient
@@ -52,15 +52,22 @@ class Renderer:
         zone = _zone(recipient.timezone)
         locale = LOCALES[recipient.language]
 
-        def when(value: datetime | str, skeleton: str = "yMMMMEEEEdHm") -> str:
+        def day(value: datetime | str) -> str:
             moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-            return format_skeleton(skeleton, moment, tzinfo=zone, locale=locale)
+            return format_date(moment.astimezone(zone), "full", locale=locale)
+
+        def when(value: datetime | str) -> str:
+            """Weekday, date and time, as the recipient's language writes them."""
+            moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+            time = format_time(moment, "short", tzinfo=zone, locale=locale)
+            pattern = str(get_datetime_format("full", locale=locale))
+            return pattern.replace("{1}", day(moment)).replace("{0}", time)
 
         context: dict[str, Any] = {
             **note.context,
             "recipient": recipient,
             "when": when,
-            "day": lambda value: when(value, "yMMMMEEEEd"),
+            "day": day,
             "zone": zone.key,
         }
         template = self._text.get_template(f"{recipient.language}/{note.template}.txt.j2")
