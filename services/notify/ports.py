@@ -125,9 +125,19 @@ class DigestItem:
     window_end: datetime
 
 
+@dataclass(frozen=True)
+class DigestBucket:
+    bucket: str
+    window_start: datetime
+    window_end: datetime
+
+
 class DigestStore(Protocol):
+    async def open_bucket(self, recipient_key: str, now: datetime) -> DigestBucket | None:
+        """The recipient's bucket whose window is still open at ``now``, if any."""
+
     async def add(self, item: DigestItem) -> bool:
-        """Insert the item once (per bucket and event); True when new."""
+        """Insert the item once per (recipient, event); True when new."""
 
     async def due(self, now: datetime, horizon: datetime) -> list[str]:
         """Buckets whose window has ended, newer than ``horizon``."""

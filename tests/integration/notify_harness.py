@@ -215,6 +215,22 @@ async def serve(
         await client.close()
 
 
+@asynccontextmanager
+async def connected(
+    settings: NotifySettings, topics: dict[str, str], mail: MailServer
+) -> AsyncIterator[Notify]:
+    """Notify's database and topics, without running notify (it runs as a process)."""
+    client: AsyncMongoClient[Document] = AsyncMongoClient(
+        settings.mongo.url.get_secret_value(), tz_aware=True
+    )
+    try:
+        async with Publisher(settings.kafka, "notify-test") as publisher:
+            db = client[f"{settings.mongo.database_prefix}_notify"]
+            yield Notify(settings, topics, publisher, db, mail)
+    finally:
+        await client.close()
+
+
 async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> bool:
     if task.done():
         task.result()  # raises what stopped it

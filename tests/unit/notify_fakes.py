@@ -14,6 +14,7 @@ from services.notify.core.render import Renderer
 from services.notify.ports import (
     DeliveryRecord,
     DeliveryState,
+    DigestBucket,
     DigestItem,
     OrgEntry,
     PermanentFailure,
@@ -155,8 +156,14 @@ class FakeDigests:
     items_: dict[str, DigestItem] = field(default_factory=dict)
     done_: set[str] = field(default_factory=set)
 
+    async def open_bucket(self, recipient_key: str, now: datetime) -> DigestBucket | None:
+        for i in self.items_.values():
+            if i.recipient.key == recipient_key and i.window_end > now:
+                return DigestBucket(i.bucket, i.window_start, i.window_end)
+        return None
+
     async def add(self, item: DigestItem) -> bool:
-        key = f"{item.bucket}|{item.event_id}"
+        key = f"{item.recipient.key}|{item.event_id}"
         if key in self.items_:
             return False
         self.items_[key] = item

@@ -19,6 +19,7 @@ from services.notify.core.model import Category, DeliveryStatus, Language, Recip
 from services.notify.ports import (
     DeliveryRecord,
     DeliveryState,
+    DigestBucket,
     DigestItem,
     OrgEntry,
     UserEntry,
@@ -42,7 +43,10 @@ INDEXES = {
         IndexModel([("recipient.address", ASCENDING)], name="by_recipient"),
     ],
     DELIVERY_LOG: [IndexModel([("delivery_id", ASCENDING)], name="by_delivery")],
-    DIGEST_ITEMS: [IndexModel([("bucket", ASCENDING)], name="by_bucket")],
+    DIGEST_ITEMS: [
+        IndexModel([("bucket", ASCENDING)], name="by_bucket"),
+        IndexModel([("recipient_key", ASCENDING)], name="by_recipient"),
+    ],
     PREFERENCES: [IndexModel([("opted_out", ASCENDING)], name="by_category")],
 }
 
@@ -262,11 +266,21 @@ class MongoDigests:
         self._items = db[DIGEST_ITEMS]
         self._done = db[DIGESTS_DONE]
 
+    async def open_bucket(self, recipient_key: str, now: datetime) -> DigestBucket | None:
+        doc = await self._items.find_one(
+            {"recipient_key": recipient_key, "window_end": {"$gt": now}},
+            sort=[("window_start", ASCENDING)],
+        )
+        if doc is None:
+            return None
+        return DigestBucket(doc["bucket"], doc["window_start"], doc["window_end"])
+
     async def add(self, item: DigestItem) -> bool:
         return await insert_once(
             self._items,
             {
-                "_id": f"{item.bucket}|{item.event_id}",
+                "_id": f"{item.recipient.key}|{item.event_id}",
+                "recipient_key": item.recipient.key,
                 "bucket": item.bucket,
                 "event_id": item.event_id,
                 "recipient": _recipient_doc(item.recipient),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,6 +35,7 @@ from services.notify.core.render import Renderer
 from services.notify.ports import (
     DeliveryRecord,
     DeliveryState,
+    DigestBucket,
     DigestItem,
     DigestStore,
     Directory,
@@ -194,32 +194,32 @@ async def send_one(
 # --- digests of SLA escalations -------------------------------------------------------------
 
 
-def bucket_of(
-    recipient: Recipient, fired_at: datetime, window_seconds: int
-) -> tuple[str, datetime]:
-    """The (recipient, window) bucket of an escalation: windows are fixed, by firing time, so a
-    redelivered escalation falls in the same bucket."""
-    start = math.floor(fired_at.timestamp() / window_seconds) * window_seconds
-    return f"{recipient.key}@{start}", datetime.fromtimestamp(start, UTC)
-
-
 async def _into_digest(
     event_id: str, event: SlaEscalation, people: list[Recipient], deps: Deps
 ) -> int:
-    window = deps.options.digest_window_seconds
+    """Escalations wait in a bucket per recipient: the first one opens a window of
+    ``digest_window_seconds``; all that arrive within it go out together when it closes.
+
+    Windows follow arrival, not firing time, so a backlog after an outage is grouped too. An
+    item is recorded once per (recipient, event): a redelivered escalation changes nothing.
+    """
+    window = timedelta(seconds=deps.options.digest_window_seconds)
     sent = 0
     for person in people:
-        bucket, start = bucket_of(person, event.fired_at, window)
+        now = deps.clock()
+        bucket = await deps.digests.open_bucket(person.key, now)
+        if bucket is None:
+            bucket = DigestBucket(f"{person.key}@{now.timestamp():.6f}", now, now + window)
         item = DigestItem(
-            bucket,
+            bucket.bucket,
             event_id,
             person,
             event.model_dump(mode="json"),
-            start,
-            start + timedelta(seconds=window),
+            bucket.window_start,
+            bucket.window_end,
         )
-        await deps.digests.add(item)
-        sent += await _send_late([item], deps)
+        if await deps.digests.add(item):
+            sent += await _send_late([item], deps)
     return sent
 
 
