@@ -47,6 +47,7 @@ asyncapi: install
 
 bench: install
 	$(UV) run --frozen python tests/perf/bench_bus.py
+	$(UV) run --frozen python tests/perf/bench_notify.py
 
 infra-fetch: install
 	$(UV) run --frozen python deploy/local/infra.py fetch

@@ -96,6 +96,7 @@ def platform(infra, mailpit, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "FLEETDESK_IDENTITY_SIGNIN_CLIENT_LIMIT": "10000",
         "FLEETDESK_NOTIFY_SEALING_PRIVATE_KEY": E2E_SEALING_KEY.private_key_b64(),
         "FLEETDESK_SEALING_NOTIFY_PUBLIC_KEY": E2E_SEALING_KEY.public_key,
+        "FLEETDESK_NOTIFY_PORTAL_URL": f"http://127.0.0.1:{ports['identity']}",
         "FLEETDESK_NOTIFY_SMTP_HOST": mailpit.smtp_host,
         "FLEETDESK_NOTIFY_SMTP_PORT": str(mailpit.smtp_port),
         **{f"FLEETDESK_{name.upper()}_PORT": str(port) for name, port in ports.items()},

@@ -221,7 +221,7 @@ class Refusing:
         self.refused = refused
         self.accepted: list[str] = []
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         if address in self.refused:
@@ -229,9 +229,7 @@ class Refusing:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(  # noqa: N802
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.temporary > 0:
             self.temporary -= 1
             return "451 4.3.0 please try again later"
@@ -260,7 +258,7 @@ async def test_temporary_refusals_are_retried_and_a_permanent_one_is_recorded(
         running_notify(infra, smtp, notify_smtp_connections=1) as notify,
     ):
         org = await notify.org()
-        admin, gone = await notify.users(org, [{"role": "admin"}, {"role": "admin", "email": bad}])
+        admin, _gone = await notify.users(org, [{"role": "admin"}, {"role": "admin", "email": bad}])
         await notify.publish(
             c.METER_EVENTS,
             "dev-1",
