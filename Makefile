@@ -3,6 +3,10 @@ SHELL := /bin/bash
 # uv from PATH; on a machine without it, a private copy is installed once under the cache
 # (a virtual environment, so it needs neither root nor a writable system Python).
 TOOLS_DIR ?= $(or $(FLEETDESK_CACHE),$(HOME)/.cache/fleetdesk)/tools
+# Trust the machine's certificate store (a TLS-inspecting proxy's CA lives there), not only
+# uv's built-in roots; UV_NATIVE_TLS is the same switch for older uv versions.
+export UV_SYSTEM_CERTS ?= 1
+export UV_NATIVE_TLS ?= 1
 UV ?= $(or $(shell command -v uv 2>/dev/null),$(TOOLS_DIR)/bin/uv)
 PYTEST_ARGS ?=
 
