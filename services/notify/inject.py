@@ -23,7 +23,7 @@ from services.notify.adapters.store import (
 )
 from services.notify.config import NotifySettings
 from services.notify.core.handlers import Deps, Options, flush_digests, recover_deliveries
-from services.notify.core.recipients import Policy, _language
+from services.notify.core.recipients import Policy, language_or
 from services.notify.core.render import Renderer
 from shared import contracts, projections
 from shared.bus import Publisher, Subscription
@@ -64,7 +64,7 @@ def make_deps(db: AsyncDatabase[Document], mailer: Any, settings: NotifySettings
         renderer=Renderer(),
         policy=Policy(
             agents_address=settings.notify_agents_address,
-            agents_language=_language(settings.notify_agents_language),
+            agents_language=language_or(settings.notify_agents_language),
             portal_url=settings.notify_portal_url.rstrip("/"),
         ),
         opener=key.open,

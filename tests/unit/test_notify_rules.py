@@ -16,6 +16,7 @@ from services.notify.core.model import (
     Category,
     DeliveryStatus,
     Notification,
+    Recipient,
     delivery_id,
     message_id,
 )
@@ -160,15 +161,11 @@ def test_ticket_received_out_of_hours_in_three_languages() -> None:
     }
     for language, (subject, phrase, weekday, time) in expected.items():
         got_subject, text, html = renderer.render(
-            note,
-            recipient("a@example.com", language).__class__(
-                "a@example.com",
-                language,
-                "Europe/Helsinki",  # type: ignore[arg-type]
-            ),
+            note, Recipient("a@example.com", language, "Europe/Helsinki")
         )
         assert got_subject == subject
-        assert phrase in text and weekday in text.lower() if language != "en" else weekday in text
+        assert phrase in text, text
+        assert weekday in text, text  # Monday 30 November, 08:00 in Helsinki
         assert time in text, text
         assert f'lang="{language}"' in html and "T-42" in html
     # Within business hours the "handled from" sentence is left out.

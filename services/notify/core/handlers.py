@@ -12,7 +12,6 @@ recipient), by which receiving systems (and Mailpit with ``--ignore-duplicate-id
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,8 +47,9 @@ from services.notify.ports import (
 )
 from shared.contracts import SlaEscalation
 from shared.events import Event
+from shared.logging import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DIGEST_TYPE = "notify.sla-digest"
 
@@ -335,7 +335,11 @@ async def recover_deliveries(deps: Deps) -> int:
             note = await note_for(state, deps)
         except Exception as exc:  # a source that no longer renders: record why
             note = None
-            log.warning("delivery cannot be rendered again: %r", exc)
+            log.warning(
+                "delivery cannot be rendered again",
+                delivery_id=state.record.delivery_id,
+                error=repr(exc),
+            )
         if note is None:
             await deps.ledger.finish(
                 state.record.delivery_id, DeliveryStatus.FAILED, "source of the message is gone"

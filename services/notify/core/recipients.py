@@ -51,15 +51,21 @@ class Policy:
     portal_url: str
 
 
-def _language(value: str | None, fallback: str = "en") -> Language:
-    lang = value if value in ("fi", "sv", "en") else fallback
-    return cast(Language, lang if lang in ("fi", "sv", "en") else "en")
+LANGUAGES = ("fi", "sv", "en")
+
+
+def language_or(value: str | None, fallback: str = "en") -> Language:
+    """``value`` when it is a language notify writes in, else ``fallback`` (else English)."""
+    for candidate in (value, fallback):
+        if candidate in LANGUAGES:
+            return cast(Language, candidate)
+    return "en"
 
 
 def _person(user: UserEntry, org: OrgEntry | None) -> Recipient:
     return Recipient(
         address=user.email,
-        language=_language(user.language, org.language if org else "en"),
+        language=language_or(user.language, org.language if org else "en"),
         timezone=org.timezone if org else "UTC",
         name=user.name,
         user_id=user.user_id,
