@@ -6,6 +6,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from services.notify.config import NotifySettings
 from services.notify.core.handlers import (
     NotifyPeople,
     flush_digests,
@@ -26,8 +29,9 @@ from services.notify.core.visibility import LiveEvent, may_see
 from services.notify.ports import DeliveryRecord, OrgEntry
 from shared import contracts as c
 from shared.auth import Principal
+from shared.config import Environment
 from shared.contracts import Role
-from shared.sealing import seal
+from shared.sealing import SealingKey, seal
 from tests.unit.notify_fakes import (
     KEY,
     FakeDigests,
@@ -404,3 +408,14 @@ def test_live_events_are_scoped_by_organisation_role_and_device() -> None:
     assert not may_see(who(Role.KB_VIEWER), ticket)
     assert not may_see(who(Role.TECHNICIAN, None), ticket)
     assert not may_see(who(None), ticket)
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+def test_the_development_sealing_key_is_refused_outside_development() -> None:
+    assert NotifySettings(environment=Environment.DEVELOPMENT)
+    with pytest.raises(ValueError, match="notify_sealing_private_key"):
+        NotifySettings(environment=Environment.PRODUCTION)
+    key = SealingKey.generate().private_key_b64()
+    assert NotifySettings(environment=Environment.PRODUCTION, notify_sealing_private_key=key)
