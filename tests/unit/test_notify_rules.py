@@ -419,3 +419,35 @@ def test_the_development_sealing_key_is_refused_outside_development() -> None:
         NotifySettings(environment=Environment.PRODUCTION)
     key = SealingKey.generate().private_key_b64()
     assert NotifySettings(environment=Environment.PRODUCTION, notify_sealing_private_key=key)
+
+
+SAMPLES: dict[str, dict[str, object]] = {
+    "confirmation": {"link": "https://p/c?token=t", "expires_at": NOW.isoformat()},
+    "invitation": {"link": "https://p/i?token=t", "expires_at": NOW.isoformat(), "role": "admin"},
+    "account_exists": {"link": "https://p/docs", "attempted_at": NOW.isoformat()},
+    "ticket_received": ticket_created().model_dump(mode="json"),
+    "ticket_status": {"ticket_id": "T-1", "old_status": "new", "new_status": "resolved"},
+    "sla": escalation("T-1", NOW).model_dump(mode="json"),
+    "sla_digest": {
+        "items": [escalation(f"T-{i}", NOW).model_dump(mode="json") for i in range(2)],
+        "breaches": 0,
+        "window_start": NOW.isoformat(),
+        "window_end": NOW.isoformat(),
+    },
+    "supply_order": supply_order().model_dump(mode="json"),
+    "reading_anomaly": {"serial": "SN", "counters": {"total": [2, 1]}, "read_at": NOW.isoformat()},
+    "device_stale": {"serial": "SN", "last_seen_at": NOW.isoformat()},
+}
+
+
+@pytest.mark.parametrize("language", ["fi", "sv", "en"])
+@pytest.mark.parametrize("template", sorted(SAMPLES))
+def test_every_template_renders_in_every_language(template: str, language: str) -> None:
+    note = Notification("e", "x", Category.SLA, template, SAMPLES[template])
+    subject, text, html = Renderer().render(
+        note,
+        Recipient("a@example.com", language, "Europe/Helsinki"),  # type: ignore[arg-type]
+    )
+    assert subject and "\n" not in subject
+    assert len(text.strip().splitlines()) >= 1 and "{{" not in text
+    assert html.startswith("<!DOCTYPE html>") and f'lang="{language}"' in html
