@@ -12,10 +12,17 @@ from email.message import EmailMessage
 from email.utils import formatdate
 
 import aiosmtplib
+from prometheus_client import Counter
 
 from services.notify.config import NotifySettings
 from services.notify.core.model import Mail
 from services.notify.ports import PermanentFailure, TemporaryFailure
+
+SENDS = Counter(
+    "fleetdesk_notify_smtp_sends_total",
+    "Messages handed to the SMTP server, by outcome (sent, temporary, permanent).",
+    ["outcome"],
+)
 
 
 def build_message(mail: Mail, sender: str) -> EmailMessage:
@@ -82,11 +89,16 @@ class SmtpMailer:
                 client = self._client()
                 await client.connect()
             await client.send_message(build_message(mail, self._settings.notify_mail_from))
+            SENDS.labels("sent").inc()
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             if client is not None:
                 await _close(client)
             client = None
-            raise classify(exc) from exc
+            failure = classify(exc)
+            SENDS.labels(
+                "permanent" if isinstance(failure, PermanentFailure) else "temporary"
+            ).inc()
+            raise failure from exc
         except BaseException:
             if client is not None:
                 await _close(client)
