@@ -209,7 +209,10 @@ class MongoLedger:
         )
 
     async def stale(self, cutoff: datetime, horizon: datetime) -> list[DeliveryState]:
-        docs = [d async for d in self._deliveries.find({"created_at": {"$gte": horizon}})]
+        # Records younger than the lease cannot be stale: not read.
+        docs = [
+            d async for d in self._deliveries.find({"created_at": {"$gte": horizon, "$lt": cutoff}})
+        ]
         if not docs:
             return []
         logs: dict[str, list[Document]] = {d["_id"]: [] for d in docs}
