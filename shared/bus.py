@@ -27,7 +27,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from shared.config import KafkaSettings
+from shared.config import KafkaSettings, min_insync_replicas
 from shared.contracts import CATALOGUE, DEAD_LETTER, DeadLetter, Topic
 from shared.events import (
     HEADER_CORRELATION_ID,
@@ -67,7 +67,7 @@ class Publisher:
 
     async def __aenter__(self) -> Publisher:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+            **self._settings.client_options(),
             client_id=f"{self.service}-producer",
             enable_idempotence=True,
             acks="all",
@@ -118,8 +118,11 @@ class Publisher:
 async def ensure_topics(
     settings: KafkaSettings, topics: tuple[Topic, ...] = CATALOGUE, *, wait_seconds: float = 60.0
 ) -> None:
-    """Create the catalogue's topics that are missing (compacted ones with cleanup=compact)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    """Create the catalogue's topics that are missing (compacted ones with cleanup=compact).
+
+    ``min.insync.replicas`` follows the replication factor (:func:`min_insync_replicas`).
+    """
+    admin = AIOKafkaAdminClient(**settings.client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -128,7 +131,10 @@ async def ensure_topics(
                 name=t.name,
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if t.compacted else {},
+                topic_configs={
+                    "min.insync.replicas": str(min_insync_replicas(settings.replication_factor)),
+                    **({"cleanup.policy": "compact"} if t.compacted else {}),
+                },
             )
             for t in topics
             if t.name not in existing
@@ -243,7 +249,7 @@ class ConsumerRunner:
     async def run(self) -> None:
         tracker = _Tracker()
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+            **self._settings.client_options(),
             group_id=self._sub.group,
             client_id=self._client_id,
             enable_auto_commit=False,

@@ -21,7 +21,7 @@ from shared import projections
 from shared.auth import PrincipalResolver, TokenVerifier, projection_resolver
 from shared.bus import ConsumerRunner, Consumers, Publisher, Subscription, ensure_topics
 from shared.config import ServiceSettings
-from shared.contracts import SIGNING_KEYS
+from shared.contracts import CATALOGUE, SIGNING_KEYS, Topic
 from shared.http import create_app
 from shared.logging import configure_logging, get_logger
 from shared.store import Document, Mongo, OutboxRelay
@@ -59,6 +59,19 @@ class Runtime:
         return self.consumers.healthy()
 
 
+def own_topics(name: str, settings: ServiceSettings) -> tuple[Topic, ...]:
+    """The catalogue topics a service creates at start-up when missing.
+
+    With SASL (ACLs on) a service may create only topics under its own prefix; the others are
+    created by the super user before the services start (``python -m shared.kafka_security
+    setup``, run by ``deploy/local`` and the test harness). With security off it creates every
+    missing catalogue topic, as a plain development broker expects.
+    """
+    if not settings.kafka.uses_sasl:
+        return CATALOGUE
+    return tuple(t for t in CATALOGUE if t.name.startswith(f"{name}."))
+
+
 SubscriptionFactory = Callable[[AsyncDatabase[Document], Publisher], Iterable[Subscription]]
 
 
@@ -80,7 +93,7 @@ async def service_runtime(
     subscriptions: SubscriptionFactory,
 ) -> AsyncIterator[Runtime]:
     configure_logging(name, settings.log_level)
-    await ensure_topics(settings.kafka)
+    await ensure_topics(settings.kafka, own_topics(name, settings))
     async with Mongo(settings.mongo, name) as mongo, Publisher(settings.kafka, name) as publisher:
         await mongo.ensure_indexes(indexes)
         relay = OutboxRelay(

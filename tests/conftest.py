@@ -6,6 +6,13 @@ local processes of ``deploy/local/infra.py`` (a Kafka broker and FerretDB). The 
 (Mailpit) is a session fixture of its own (``mailpit``), started only for tests that send mail.
 Tests isolate themselves by unique topics, consumer groups, database prefixes and addresses,
 never by wiping state.
+
+Kafka security: the local broker runs with SASL and ACLs, with random passwords made for the
+session. Test code is the super user: the harness puts its credentials in ``FLEETDESK_KAFKA_*``
+for the session, so ``KafkaSettings(bootstrap_servers=...)`` and the helpers of
+``tests/support.py`` connect as ``admin`` (ad-hoc topics, reading any topic).
+``infra.kafka_principals`` holds each service's and outside producer's own settings (empty
+when the servers run without security: named servers without SASL, or containers).
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from pydantic import SecretStr
 
-from shared.config import KafkaSettings, MongoSettings
+from shared.config import KafkaSettings, MongoSettings, SaslMechanism, SecurityProtocol
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +39,25 @@ ROOT = Path(__file__).resolve().parents[1]
 class Infra:
     kafka_bootstrap: str
     mongo_url: str
+    kafka_admin: KafkaSettings
+    """The super user's client settings (test code's own)."""
+    kafka_principals: Mapping[str, KafkaSettings] = field(default_factory=dict)
+    """Each principal's client settings (services, outside producers); empty without SASL."""
+
+    @property
+    def kafka_secured(self) -> bool:
+        return bool(self.kafka_principals)
+
+
+def _admin_environment(admin: KafkaSettings) -> dict[str, str]:
+    """``FLEETDESK_KAFKA_*`` of the super user, for this process (see the module docstring)."""
+    env = {"FLEETDESK_KAFKA_SECURITY_PROTOCOL": admin.security_protocol.value}
+    if admin.uses_sasl:
+        assert admin.sasl_username is not None and admin.sasl_password is not None
+        env["FLEETDESK_KAFKA_SASL_MECHANISM"] = admin.sasl_mechanism.value
+        env["FLEETDESK_KAFKA_SASL_USERNAME"] = admin.sasl_username
+        env["FLEETDESK_KAFKA_SASL_PASSWORD"] = admin.sasl_password.get_secret_value()
+    return env
 
 
 def _docker_answers(timeout: float = 5.0) -> bool:
@@ -80,7 +107,11 @@ def _containers() -> Iterator[Infra]:
     try:
         mongo.start()
         try:
-            yield Infra(kafka.get_bootstrap_server(), mongo.get_connection_url())
+            bootstrap = kafka.get_bootstrap_server()
+            admin = KafkaSettings(
+                bootstrap_servers=bootstrap, security_protocol=SecurityProtocol.PLAINTEXT
+            )
+            yield Infra(bootstrap, mongo.get_connection_url(), admin)
         finally:
             mongo.stop()
     finally:
@@ -94,24 +125,55 @@ def _local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     mongo_port = module.free_port()
     while mongo_port == kafka_port:
         mongo_port = module.free_port()
-    local = module.LocalInfra(run_dir, kafka_port, mongo_port)
+    from shared.kafka_security import principals, random_passwords
+
+    passwords = {n: p.get_secret_value() for n, p in random_passwords().items()}
+    local = module.LocalInfra(run_dir, kafka_port, mongo_port, kafka_passwords=passwords)
     try:
-        local.start()
-        yield Infra(local.kafka_bootstrap, local.mongo_url)
+        local.start()  # SCRAM users, the catalogue's topics and the ACLs included
+        yield Infra(
+            local.kafka_bootstrap,
+            local.mongo_url,
+            local.kafka_admin(),
+            {name: local.kafka_settings_of(name) for name in principals()},
+        )
     finally:
         local.stop()
+
+
+def _named(kafka: str, mongo: str) -> Infra:
+    """Servers named by the environment; security as ``FLEETDESK_KAFKA_*`` say (the super user),
+    the principals' passwords from ``FLEETDESK_KAFKA_<NAME>_PASSWORD``."""
+    from shared.kafka_security import password_variable, principals
+
+    admin = KafkaSettings(bootstrap_servers=kafka)
+    found: dict[str, KafkaSettings] = {}
+    if admin.uses_sasl:
+        for name in principals():
+            password = os.environ.get(password_variable(name))
+            if password:
+                found[name] = admin.as_principal(name, SecretStr(password)).model_copy(
+                    update={"sasl_mechanism": SaslMechanism.SCRAM_SHA_512}
+                )
+    return Infra(kafka, mongo, admin, found)
 
 
 @pytest.fixture(scope="session")
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     kafka = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
     mongo = os.environ.get("FLEETDESK_TEST_MONGO_URL")
-    if kafka and mongo:
-        yield Infra(kafka, mongo)
-    elif _docker_answers():
-        yield from _containers()
-    else:
-        yield from _local(tmp_path_factory)
+    source = (
+        iter([_named(kafka, mongo)])
+        if kafka and mongo
+        else _containers()
+        if _docker_answers()
+        else _local(tmp_path_factory)
+    )
+    for found in source:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in _admin_environment(found.kafka_admin).items():
+                patch.setenv(name, value)
+            yield found
 
 
 @dataclass(frozen=True)
@@ -148,11 +210,8 @@ def mailpit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
 
 @pytest.fixture
 def kafka_settings(infra: Infra) -> KafkaSettings:
-    return KafkaSettings(
-        bootstrap_servers=infra.kafka_bootstrap,
-        handler_attempts=3,
-        retry_backoff_ms=20,
-        retry_backoff_max_ms=100,
+    return infra.kafka_admin.model_copy(
+        update={"handler_attempts": 3, "retry_backoff_ms": 20, "retry_backoff_max_ms": 100}
     )
 
 

@@ -12,7 +12,17 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
+from shared.config import KafkaSettings
+
 T = TypeVar("T")
+
+
+def client_options(kafka: str | KafkaSettings) -> dict[str, Any]:
+    """aiokafka keyword arguments for ``kafka``: settings, or a bootstrap address reached with
+    the security of ``FLEETDESK_KAFKA_*`` (the test harness sets the super user's there)."""
+    if isinstance(kafka, str):
+        kafka = KafkaSettings(bootstrap_servers=kafka)
+    return kafka.client_options()
 
 
 async def eventually(
@@ -40,12 +50,14 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-async def create_topic(bootstrap: str, *, partitions: int = 1, timeout: float = 30.0) -> str:
+async def create_topic(
+    bootstrap: str | KafkaSettings, *, partitions: int = 1, timeout: float = 30.0
+) -> str:
     """Create a unique throw-away topic ``test.<uuid hex>`` and return its name."""
     if partitions not in (1, 3):
         raise ValueError("test topics have 1 or 3 partitions")
     name = f"test.{uuid.uuid4().hex}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
     await admin.start()
     try:
         await asyncio.wait_for(admin.create_topics([NewTopic(name, partitions, 1)]), timeout)
@@ -54,7 +66,9 @@ async def create_topic(bootstrap: str, *, partitions: int = 1, timeout: float = 
     return name
 
 
-async def read_topic(bootstrap: str, topic: str, *, timeout: float = 15.0) -> list[ConsumerRecord]:
+async def read_topic(
+    bootstrap: str | KafkaSettings, topic: str, *, timeout: float = 15.0
+) -> list[ConsumerRecord]:
     """Every record on ``topic`` right now, read from the beginning (no consumer group)."""
 
     async def read() -> list[ConsumerRecord]:
@@ -65,7 +79,7 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 15.0) -> li
         )
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **client_options(bootstrap),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -91,9 +105,9 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 15.0) -> li
     return await asyncio.wait_for(read(), timeout)
 
 
-async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+async def topic_partitions(bootstrap: str | KafkaSettings, topic: str) -> list[int]:
     """The partition numbers of ``topic``; empty while the broker does not know it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
     await admin.start()
     try:
         described = await admin.describe_topics([topic])

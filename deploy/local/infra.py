@@ -5,7 +5,10 @@ fetched once per machine into a cache outside the repository (``~/.cache/fleetde
 ``FLEETDESK_CACHE`` says otherwise):
 
 * Kafka: the broker jars from Maven Central (``org.apache.kafka:kafka_2.13`` and an SLF4J
-  binding for Log4j 2), resolved with Maven; the broker runs in KRaft mode, single node.
+  binding for Log4j 2), resolved with Maven; the broker runs in KRaft mode, single node, with
+  SASL only (the super user ``admin`` over PLAIN, the principals over SCRAM-SHA-512) and the
+  standard authorizer; ``start`` also sets the principals, topics and ACLs
+  (``shared.kafka_security``).
 * FerretDB v1.24.2: built from its Go module on the SQLite backend. Its
   ``build/version/version.txt`` must exist before ``go build`` or the binary panics.
 * Mailpit: built from its Go module with ``go install``; SMTP, a web inbox and a REST API.
@@ -34,8 +37,15 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shared.config import KafkaSettings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
@@ -198,18 +208,72 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _shared_importable() -> None:
+    """``shared`` (the platform's library) from this checkout, also when run as a script."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+def kafka_passwords_from_environment() -> dict[str, str]:
+    """The local broker's passwords: ``FLEETDESK_KAFKA_<NAME>_PASSWORD``, development defaults
+    only when ``FLEETDESK_ENVIRONMENT`` is development (the default)."""
+    _shared_importable()
+    from shared.config import Environment
+    from shared.kafka_security import principal_passwords
+
+    environment = Environment(os.environ.get("FLEETDESK_ENVIRONMENT", "development"))
+    return {n: p.get_secret_value() for n, p in principal_passwords(environment).items()}
+
+
 @dataclass
 class LocalInfra:
-    """A Kafka broker and a FerretDB server as child processes, data under ``run_dir``."""
+    """A Kafka broker and a FerretDB server as child processes, data under ``run_dir``.
+
+    Kafka listens with SASL only: the super user ``admin`` (PLAIN, its password in the broker's
+    own configuration, rewritten at every start) and one SCRAM-SHA-512 principal per service
+    and outside producer (``kafka_passwords``; from the environment when empty), with the
+    standard authorizer and no access where no ACL allows it. :meth:`start` brings the
+    principals' credentials, the catalogue's topics and the derived ACLs into place every time.
+    """
 
     run_dir: Path
     kafka_port: int = 9092
     mongo_port: int = 27017
+    kafka_passwords: Mapping[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def kafka_bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
+
+    def _passwords(self) -> Mapping[str, str]:
+        if not self.kafka_passwords:
+            self.kafka_passwords = kafka_passwords_from_environment()
+        return self.kafka_passwords
+
+    def kafka_admin(self) -> KafkaSettings:
+        """Client settings of the super user (topics, ACLs, test code's ad-hoc topics)."""
+        return self.kafka_settings_of("admin")
+
+    def kafka_settings_of(self, principal: str) -> KafkaSettings:
+        """Client settings of ``principal`` (``admin`` authenticates with PLAIN, others SCRAM)."""
+        _shared_importable()
+        from pydantic import SecretStr
+
+        from shared.config import KafkaSettings, SaslMechanism, SecurityProtocol
+
+        return KafkaSettings(
+            bootstrap_servers=self.kafka_bootstrap,
+            security_protocol=SecurityProtocol.SASL_PLAINTEXT,
+            sasl_mechanism=SaslMechanism.PLAIN
+            if principal == "admin"
+            else SaslMechanism.SCRAM_SHA_512,
+            sasl_username=principal,
+            sasl_password=SecretStr(self._passwords()[principal]),
+            ssl_cafile=None,
+            ssl_certfile=None,
+            ssl_keyfile=None,
+        )
 
     @property
     def mongo_url(self) -> str:
@@ -224,6 +288,19 @@ class LocalInfra:
         self._start_ferretdb()
         self._start_kafka()
         self.wait_ready(timeout)
+        self.secure_kafka()
+
+    def secure_kafka(self) -> None:
+        """Principals' SCRAM credentials, the catalogue's topics, the ACLs (idempotent)."""
+        import asyncio
+
+        _shared_importable()
+        from pydantic import SecretStr
+
+        from shared.kafka_security import setup_cluster
+
+        users = {n: SecretStr(p) for n, p in self._passwords().items() if n != "admin"}
+        asyncio.run(setup_cluster(self.kafka_admin(), users))
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.run_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -259,19 +336,41 @@ class LocalInfra:
         root = kafka_dir()
         data = self.run_dir / "kafka-data"
         controller_port = free_port()
+        passwords = self._passwords()
+        admin = _jaas_quote(passwords["admin"])
+        plain = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="admin" password="{admin}" user_admin="{admin}";'
+        )
         props = self.run_dir / "server.properties"
+        props.touch(mode=0o600)
+        props.chmod(0o600)  # it holds the super user's password
         props.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.kafka_port},"
+                    f"listeners=BROKER://127.0.0.1:{self.kafka_port},"
                     f"CONTROLLER://127.0.0.1:{controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.kafka_port}",
+                    f"advertised.listeners=BROKER://127.0.0.1:{self.kafka_port}",
                     "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    "inter.broker.listener.name=BROKER",
+                    "listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,BROKER:SASL_PLAINTEXT",
+                    # Clients: SCRAM for the principals, PLAIN for the super user only.
+                    "listener.name.broker.sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,PLAIN",
+                    f"listener.name.broker.plain.sasl.jaas.config={plain}",
+                    "listener.name.broker.scram-sha-512.sasl.jaas.config="
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+                    "listener.name.broker.scram-sha-256.sasl.jaas.config="
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+                    "sasl.mechanism.inter.broker.protocol=PLAIN",
+                    "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+                    f"listener.name.controller.plain.sasl.jaas.config={plain}",
+                    "sasl.mechanism.controller.protocol=PLAIN",
+                    "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                    "super.users=User:admin",
+                    "allow.everyone.if.no.acl.found=false",
                     f"log.dirs={data}",
                     "num.partitions=3",
                     "offsets.topic.replication.factor=1",
@@ -297,6 +396,17 @@ class LocalInfra:
             str(root / "libs" / "*"),
         ]
         if not (data / "meta.properties").exists():
+            # The principals' SCRAM credentials go into the first metadata; secure_kafka()
+            # updates them at every start (a password changed in the environment wins).
+            scram = [
+                arg
+                for name, password in passwords.items()
+                if name != "admin"
+                for arg in (
+                    "--add-scram",
+                    f'SCRAM-SHA-512=[name={name},password="{_jaas_quote(password)}"]',
+                )
+            ]
             subprocess.run(
                 [
                     *java,
@@ -307,6 +417,7 @@ class LocalInfra:
                     str(uuid.uuid4()).replace("-", "")[:22],
                     "-c",
                     str(props),
+                    *scram,
                 ],
                 check=True,
                 capture_output=True,
@@ -323,7 +434,7 @@ class LocalInfra:
                     raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
             if "ferretdb" in pending and _mongo_ping(self.mongo_url):
                 pending.discard("ferretdb")
-            if "kafka" in pending and _kafka_metadata(self.kafka_bootstrap):
+            if "kafka" in pending and _kafka_metadata(self.kafka_admin().client_options()):
                 pending.discard("kafka")
             if pending and time.monotonic() > deadline:
                 raise TimeoutError(f"not ready after {timeout}s: {sorted(pending)}")
@@ -338,6 +449,13 @@ class LocalInfra:
                 continue
             _terminate(pid, proc)
             (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+
+
+def _jaas_quote(value: str) -> str:
+    """A value inside a JAAS/SCRAM double-quoted string."""
+    if any(c in value for c in '"\\\n'):
+        raise ValueError("Kafka passwords must not contain quotes, backslashes or newlines")
+    return value
 
 
 def _read_pid(path: Path) -> int | None:
@@ -384,7 +502,8 @@ def _mongo_ping(url: str) -> bool:
         return False
 
 
-def _kafka_metadata(bootstrap: str) -> bool:
+def _kafka_metadata(client_options: dict[str, Any]) -> bool:
+    """True when the broker answers the super user's metadata request."""
     import asyncio
 
     from aiokafka.admin import AIOKafkaAdminClient
@@ -393,7 +512,7 @@ def _kafka_metadata(bootstrap: str) -> bool:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
     async def probe() -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        admin = AIOKafkaAdminClient(**client_options, request_timeout_ms=2000)
         try:
             await admin.start()
             meta = await admin.describe_cluster()

@@ -6,6 +6,12 @@ run) and Mailpit (unless ``FLEETDESK_NOTIFY_SMTP_HOST`` names a mail server), cr
 topics, starts the five services as child processes, waits until each answers ``/ready``,
 prints one line per service with its URL, and on Ctrl-C (or SIGTERM) stops everything it
 started.
+
+Kafka security: the local broker runs with SASL and ACLs; each service connects as its own
+principal (passwords from ``FLEETDESK_KAFKA_<NAME>_PASSWORD``, development defaults otherwise).
+With servers of your own, ``FLEETDESK_KAFKA_*`` are the super user's: with SASL the principals'
+credentials, topics and ACLs are set up with them and each service gets its own principal; with
+``PLAINTEXT`` (security off) the topics are created and every service uses those settings.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"identity": 8001, "devices": 8002, "meters": 8003, "tickets": 8004, "notify": 8005}
@@ -33,6 +40,39 @@ def _infra_module() -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _kafka_principals(infra: Any, env: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Each service's ``FLEETDESK_KAFKA_*`` (its own principal); topics and ACLs in place."""
+    from pydantic import SecretStr
+
+    from shared.bus import ensure_topics
+    from shared.config import Environment, KafkaSettings, SaslMechanism
+    from shared.kafka_security import (
+        ADMIN,
+        kafka_client_environment,
+        principal_passwords,
+        setup_cluster,
+    )
+
+    if infra is not None:  # the local broker: set up by LocalInfra.start()
+        return {n: kafka_client_environment(infra.kafka_settings_of(n)) for n in SERVICES}
+    admin = KafkaSettings(bootstrap_servers=env["FLEETDESK_KAFKA_BOOTSTRAP_SERVERS"])
+    if not admin.uses_sasl:  # security off: topics only, every service the same settings
+        asyncio.run(ensure_topics(admin))
+        return {}
+    environment = Environment(env.get("FLEETDESK_ENVIRONMENT", "development"))
+    passwords: dict[str, SecretStr] = principal_passwords(environment, env)
+    passwords.pop(ADMIN)
+    asyncio.run(setup_cluster(admin, passwords))
+    return {
+        name: kafka_client_environment(
+            admin.as_principal(name, passwords[name]).model_copy(
+                update={"sasl_mechanism": SaslMechanism.SCRAM_SHA_512}
+            )
+        )
+        for name in SERVICES
+    }
 
 
 def main() -> int:
@@ -54,12 +94,7 @@ def main() -> int:
         env["FLEETDESK_NOTIFY_SMTP_HOST"] = "127.0.0.1"
         env["FLEETDESK_NOTIFY_SMTP_PORT"] = str(mailpit.smtp_port)
         print(f"mailpit   ready  {mailpit.api_url}/  (the inbox: every e-mail notify sends)")
-    from shared.bus import ensure_topics
-    from shared.config import KafkaSettings
-
-    asyncio.run(
-        ensure_topics(KafkaSettings(bootstrap_servers=env["FLEETDESK_KAFKA_BOOTSTRAP_SERVERS"]))
-    )
+    service_env = _kafka_principals(infra, env)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -77,7 +112,7 @@ def main() -> int:
             procs[name] = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"],
                 cwd=ROOT,
-                env=env,
+                env={**env, **service_env.get(name, {})},
                 start_new_session=True,
             )
         pending = dict(SERVICES)

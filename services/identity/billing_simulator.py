@@ -44,11 +44,16 @@ def entries(customer_number: str, count: int, seed: int) -> list[AccountEvent]:
 
 
 async def simulate(
-    bootstrap: str, customer_number: str, *, count: int = 5, seed: int = 1
+    kafka: str | KafkaSettings, customer_number: str, *, count: int = 5, seed: int = 1
 ) -> list[AccountEvent]:
-    """Publish ``count`` account events for ``customer_number``; return them."""
+    """Publish ``count`` account events for ``customer_number``; return them.
+
+    ``kafka``: the billing principal's settings, or a bootstrap address reached with the
+    security of ``FLEETDESK_KAFKA_*`` (``SASL_USERNAME=billing`` and its password).
+    """
     events = entries(customer_number, count, seed)
-    async with Publisher(KafkaSettings(bootstrap_servers=bootstrap), "billing-simulator") as pub:
+    settings = KafkaSettings(bootstrap_servers=kafka) if isinstance(kafka, str) else kafka
+    async with Publisher(settings, "billing-simulator") as pub:
         for event in events:
             await pub.publish(BILLING_ACCOUNT_EVENTS, customer_number, event)
     return events

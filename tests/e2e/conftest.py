@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from services.identity.adapters.keys import generate_private_pem
+from shared.kafka_security import kafka_client_environment
 from tests.conftest import _local_infra_module
 from tests.e2e.flows import E2E_SEALING_KEY, Platform
 
@@ -27,8 +28,16 @@ _local = _local_infra_module()  # deploy/local/infra.py: free ports, readiness p
 class Processes:
     """The services as child processes: started, killed and restarted by the tests."""
 
-    def __init__(self, env: dict[str, str], ports: dict[str, int], logs: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        ports: dict[str, int],
+        logs: Path,
+        service_env: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self.env, self.ports, self.logs = env, ports, logs
+        # Per service: its own Kafka principal (FLEETDESK_KAFKA_SASL_*), when security is on.
+        self.service_env = dict(service_env or {})
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, *names: str) -> None:
@@ -37,7 +46,7 @@ class Processes:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"],
                 cwd=ROOT,
-                env=self.env,
+                env={**self.env, **self.service_env.get(name, {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -101,7 +110,12 @@ def platform(infra, mailpit, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "FLEETDESK_NOTIFY_SMTP_PORT": str(mailpit.smtp_port),
         **{f"FLEETDESK_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
-    processes = Processes(env, ports, logs)
+    service_env = {
+        name: kafka_client_environment(infra.kafka_principals[name])
+        for name in SERVICES
+        if name in infra.kafka_principals
+    }
+    processes = Processes(env, ports, logs, service_env)
     try:
         processes.start(*SERVICES)
         yield Platform(

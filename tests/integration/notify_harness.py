@@ -35,13 +35,13 @@ from services.notify.config import NotifySettings
 from services.notify.inject import PEOPLE_TOPICS, build_app
 from shared import contracts, projections
 from shared.bus import Publisher
-from shared.config import AuthSettings, Environment, KafkaSettings, MongoSettings
+from shared.config import AuthSettings, Environment, MongoSettings
 from shared.contracts import Topic
 from shared.events import Event, new_event_id
 from shared.sealing import SealingKey
 from shared.store import Document
 from tests.conftest import Infra, MailServer, _local_infra_module
-from tests.support import eventually
+from tests.support import client_options, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTIFY_TOPICS = tuple(
@@ -62,7 +62,7 @@ NOTIFY_TOPICS = tuple(
 async def throwaway_topics(bootstrap: str) -> dict[str, str]:
     """A fresh topic for each topic notify reads: catalogue name -> test topic name."""
     mapping = {t.name: f"test.{t.name}.{uuid.uuid4().hex[:12]}" for t in NOTIFY_TOPICS}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
     await admin.start()
     try:
         await asyncio.wait_for(
@@ -76,11 +76,9 @@ async def throwaway_topics(bootstrap: str) -> dict[str, str]:
 def notify_settings(infra: Infra, mail: MailServer, **overrides: Any) -> NotifySettings:
     values: dict[str, Any] = {
         "environment": Environment.TEST,
-        "kafka": KafkaSettings(
-            bootstrap_servers=infra.kafka_bootstrap,
-            handler_attempts=3,
-            retry_backoff_ms=20,
-            retry_backoff_max_ms=100,
+        # Test code is Kafka's super user (the throw-away topics have no ACLs of their own).
+        "kafka": infra.kafka_admin.model_copy(
+            update={"handler_attempts": 3, "retry_backoff_ms": 20, "retry_backoff_max_ms": 100}
         ),
         "mongo": MongoSettings(url=infra.mongo_url, database_prefix="n" + secrets.token_hex(4)),
         "notify_sealing_private_key": SealingKey.generate().private_key_b64(),

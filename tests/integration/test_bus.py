@@ -21,7 +21,7 @@ from shared.contracts import DEAD_LETTER, DEVICES, DeviceState, Topic
 from shared.events import HEADER_EVENT_ID, Event
 from shared.store import OUTBOX, Mongo, OutboxRelay, insert_once, new_with_outbox, with_outbox
 from tests.conftest import Infra
-from tests.support import create_topic, eventually, header, read_topic
+from tests.support import client_options, create_topic, eventually, header, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +116,7 @@ async def dead_letters(bootstrap: str, original_topic: str) -> list[dict[str, An
 
 async def committed(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        **client_options(bootstrap), group_id=group, enable_auto_commit=False
     )
     await consumer.start()
     try:

@@ -4,8 +4,10 @@ aiokafka, measured in the same run (ratios matter; these machines are noisy).
     make bench                       # starts local Kafka + FerretDB unless given servers
     BENCH_MESSAGES=20000 make bench
 
-Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` when set, else starts ``deploy/local/infra.py`` on free
-ports for the run and stops it afterwards. Bounded: a fixed number of messages, a time limit.
+Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` when set (security from ``FLEETDESK_KAFKA_*``), else
+starts ``deploy/local/infra.py`` on free ports for the run (SASL, as the super user) and stops it
+afterwards. Both sides use the same client settings (``KafkaSettings.client_options``).
+Bounded: a fixed number of messages, a time limit.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ class Tick(Event):
     n: int
 
 
-async def _topic(bootstrap: str) -> str:
+async def _topic(settings: KafkaSettings) -> str:
     name = f"bench.{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**settings.client_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, 3, 1)])
@@ -48,8 +50,8 @@ async def _topic(bootstrap: str) -> str:
     return name
 
 
-async def produce_plain(bootstrap: str, topic: str) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+async def produce_plain(settings: KafkaSettings, topic: str) -> float:
+    producer = AIOKafkaProducer(**settings.client_options(), enable_idempotence=True, acks="all")
     await producer.start()
     started = time.perf_counter()
     try:
@@ -70,10 +72,10 @@ async def produce_ours(settings: KafkaSettings, topic: Topic) -> float:
         return time.perf_counter() - started
 
 
-async def consume_plain(bootstrap: str, topic: str) -> float:
+async def consume_plain(settings: KafkaSettings, topic: str) -> float:
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **settings.client_options(),
         group_id=f"bench-plain-{uuid.uuid4().hex[:6]}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -118,17 +120,16 @@ async def consume_ours(settings: KafkaSettings, topic: str) -> float:
     return elapsed
 
 
-async def bench(bootstrap: str) -> None:
-    settings = KafkaSettings(bootstrap_servers=bootstrap)
+async def bench(settings: KafkaSettings) -> None:
     await ensure_topics(settings)
-    plain_topic = await _topic(bootstrap)
-    ours_name = await _topic(bootstrap)
+    plain_topic = await _topic(settings)
+    ours_name = await _topic(settings)
     ours_topic = Topic(ours_name, "bench", "n", (Tick,))
     # Warm up the JIT of the broker and the connections once, then measure.
     rows = []
-    p_plain = await produce_plain(bootstrap, plain_topic)
+    p_plain = await produce_plain(settings, plain_topic)
     p_ours = await produce_ours(settings, ours_topic)
-    c_plain = await consume_plain(bootstrap, plain_topic)
+    c_plain = await consume_plain(settings, plain_topic)
     c_ours = await consume_ours(settings, ours_name)
     rows.append(("produce, acks=all, idempotent, one at a time", p_plain, p_ours))
     rows.append(("consume + commit per partition batch", c_plain, c_ours))
@@ -141,7 +142,8 @@ async def bench(bootstrap: str) -> None:
 def main() -> int:
     bootstrap = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
     infra = None
-    if not bootstrap:
+    settings = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
+    if settings is None:
         spec = importlib.util.spec_from_file_location(
             "fleetdesk_local_infra", ROOT / "deploy/local/infra.py"
         )
@@ -155,9 +157,9 @@ def main() -> int:
             module.free_port(),
         )
         infra.start()
-        bootstrap = infra.kafka_bootstrap
+        settings = infra.kafka_admin()
     try:
-        asyncio.run(asyncio.wait_for(bench(bootstrap), LIMIT_SECONDS))
+        asyncio.run(asyncio.wait_for(bench(settings), LIMIT_SECONDS))
     finally:
         if infra is not None:
             infra.stop()
