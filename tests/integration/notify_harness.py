@@ -90,7 +90,7 @@ def notify_settings(infra: Infra, mail: MailServer, **overrides: Any) -> NotifyS
         "notify_retry_backoff_ms": 50,
         "notify_retry_backoff_max_ms": 200,
         "notify_sweep_seconds": 0.5,
-        "notify_lease_seconds": 3.0,
+        "notify_lease_seconds": 10.0,
         "notify_digest_window_seconds": 3,
     }
     values.update(overrides)

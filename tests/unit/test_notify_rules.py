@@ -18,6 +18,7 @@ from services.notify.core.handlers import (
 from services.notify.core.model import (
     Category,
     DeliveryStatus,
+    Mail,
     Notification,
     Recipient,
     delivery_id,
@@ -307,6 +308,35 @@ async def test_a_crash_mid_send_is_recovered_once_after_the_lease() -> None:
     assert await recover_deliveries(d) == 1
     assert await recover_deliveries(d) == 0
     assert len(d.mailer.sent) == 1  # type: ignore[attr-defined]
+
+
+async def test_a_fan_out_longer_than_the_lease_is_not_taken_over_while_it_runs() -> None:
+    """Each message takes half a lease and the sweep runs during every send: messages still
+    waiting their turn are not in the ledger yet, so the sweep has nothing to take over."""
+    d = deps(directory=directory())
+    d.options = d.options.__class__(concurrency=1, lease_seconds=60)
+    clock = [NOW]
+    d.clock = lambda: clock[0]
+    sweeping = [False]
+    swept: list[int] = []
+    mailer = d.mailer
+    send = mailer.send
+
+    async def slow_send(mail: Mail) -> None:
+        clock[0] += timedelta(seconds=30)
+        if not sweeping[0]:
+            sweeping[0] = True
+            swept.append(await recover_deliveries(d))
+            sweeping[0] = False
+        await send(mail)
+
+    mailer.send = slow_send  # type: ignore[method-assign]
+    anomaly = c.ReadingAnomaly(
+        device_id="dev-1", org_id=ORG, serial="SN-1", counters={"total": [2, 1]}, read_at=NOW
+    )
+    assert await notify_people(NotifyPeople("ev-1", anomaly), d) == 3  # 2 admins + agents
+    assert swept == [0, 0, 0]
+    assert len(mailer.sent) == 3  # type: ignore[attr-defined]
 
 
 async def test_the_sweep_gives_up_after_max_claims_with_the_last_answer() -> None:

@@ -2,7 +2,7 @@
 
 Every once-only fact is a unique insert: a delivery record (who sends), a take-over of a stale
 one, a final outcome. Nothing rests on a conditional update (FerretDB 1.x does not apply them
-atomically), and nothing is updated per message: a fan-out writes inserts only, in batches.
+atomically), and nothing is updated per message: a fan-out writes inserts only.
 """
 
 from __future__ import annotations

@@ -1,19 +1,20 @@
 """Notify's use cases, one function each: tell people of an event, flush digests, recover.
 
-The delivery promise: one ledger record per (event, recipient) is inserted BEFORE the message
-is sent, and that unique insert decides who sends. A redelivered event, a second instance or a
-restart finds the record and does not send again. The one window left is a crash after the SMTP
-server accepted a message and before its outcome was recorded: such a record stays pending, and
-the recovery sweep sends it again once its lease has run out (at-least-once for that window, so
-no confirmation is lost); the copy carries the same Message-ID (derived from event and
-recipient), by which receiving systems (and Mailpit with ``--ignore-duplicate-ids``) drop it.
+The delivery promise: one ledger record per (event, recipient) is inserted right BEFORE the
+message is sent, and that unique insert decides who sends. A redelivered event, a second
+instance or a restart finds the record and does not send again. The one window left is a
+crash after the SMTP server accepted a message and before its outcome was recorded: such a
+record stays pending, and the recovery sweep sends it again once its lease has run out
+(at-least-once for that window, so no confirmation is lost); the copy carries the same
+Message-ID (derived from event and recipient), by which receiving systems (and Mailpit with
+``--ignore-duplicate-ids``) drop it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -127,20 +128,30 @@ async def _deliver(note: Notification, people: list[Recipient], deps: Deps) -> i
         )
         for p in people
     ]
-    mine = await deps.ledger.claim(records)
-    # Records that existed already belong to an earlier run: sent, failed, or pending under
-    # someone's lease (the recovery sweep takes those over when the lease runs out).
-    return await _send_all(((r, note, 1) for r in records if r.delivery_id in mine), deps)
+    return await _send_all(((r, note, 1) for r in records), deps, claim=True)
 
 
-async def _send_all(jobs: Iterable[tuple[DeliveryRecord, Notification, int]], deps: Deps) -> int:
-    """Send concurrently, at most ``concurrency`` at a time (the SMTP connections)."""
+async def _send_all(
+    jobs: Iterable[tuple[DeliveryRecord, Notification, int]], deps: Deps, *, claim: bool = False
+) -> int:
+    """Send concurrently, at most ``concurrency`` at a time (the SMTP connections).
+
+    With ``claim``, each record is inserted into the ledger by the worker right before it is
+    sent, never ahead: a record in the ledger that is still pending is one whose message was
+    being sent, so the recovery sweep never takes over a message that merely waits its turn.
+    A record that exists already belongs to an earlier run (sent, failed, or in flight under
+    someone's lease) and is skipped.
+    """
     jobs_iter = iter(jobs)
     sent = 0
 
     async def worker() -> None:
         nonlocal sent
         for record, note, attempt in jobs_iter:
+            if claim:
+                record = replace(record, created_at=deps.clock())  # the lease starts now
+                if not await deps.ledger.claim([record]):
+                    continue
             if await send_one(record, note, attempt, deps) is DeliveryStatus.SENT:
                 sent += 1
 
