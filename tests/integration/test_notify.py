@@ -461,7 +461,7 @@ async def test_sigkill_mid_fanout_resumes_without_gaps_or_duplicates(
     After the restart every admin has the message. A message whose sending was cut between the
     server's acceptance and the ledger's record may go out twice (at-least-once for that window
     only, at most one per SMTP connection); both copies carry the same Message-ID."""
-    settings = notify_settings(infra, mailpit, notify_lease_seconds=3.0)
+    settings = notify_settings(infra, mailpit)
     topics = await throwaway_topics(infra.kafka_bootstrap)
     proc = NotifyProcess(settings, topics, tmp_path / "notify.log")
     n = 1000
