@@ -51,12 +51,29 @@ class KafkaSettings(BaseSettings):
     partitions: int = Field(3, ge=1, description="Partitions for topics the platform creates.")
     replication_factor: int = Field(1, ge=1, description="Replication factor for new topics.")
     handler_attempts: int = Field(
-        4, ge=1, le=20, description="Attempts of a consumer handler before dead-lettering."
+        4,
+        ge=1,
+        le=20,
+        description="Attempts of a handler failing with an unrecognised error before "
+        "dead-lettering (permanent errors: one; infrastructure errors: without limit).",
     )
     retry_backoff_ms: int = Field(
         100, ge=1, description="First retry delay of a failing handler; doubles per attempt."
     )
     retry_backoff_max_ms: int = Field(2000, ge=1, description="Upper bound of the retry delay.")
+    outage_backoff_max_ms: int = Field(
+        10000,
+        ge=1,
+        description="Upper bound of the delay between retries of a partition paused because a "
+        "dependency (database, broker) is unavailable.",
+    )
+    dead_letter_max_value_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        le=512 * 1024,
+        description="Bytes of the original value a dead letter keeps; a longer one is cut "
+        "(and cannot be replayed), so that every dead letter fits the broker.",
+    )
 
     # --- client security: one principal per process (see the README's principals table) ---
     security_protocol: SecurityProtocol = Field(

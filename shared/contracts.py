@@ -400,8 +400,22 @@ class TelemetryReport(Event):
 # --- platform -------------------------------------------------------------------------------
 
 
+class RecordHeader(BaseModel):
+    """A Kafka record header as consumed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Header name.")
+    value_b64: str = Field(description="Header value bytes, base64.")
+
+
 class DeadLetter(Event):
-    """A message a consumer could not process, parked with the reason (key = original topic)."""
+    """A message a consumer could not process, parked with the reason (key = original topic).
+
+    It keeps the original record (key, value and headers, as bytes in base64) so that an
+    operator can replay it (``python -m shared.deadletters``), within bounds that make every
+    letter fit the broker: a longer value is cut and ``truncated`` is set.
+    """
 
     event_type = "fleetdesk.dead-letter"
 
@@ -413,8 +427,38 @@ class DeadLetter(Event):
     consumer_group: str = Field(description="Consumer group that gave up.")
     error: str = Field(description="Why it failed (exception type and message).")
     attempts: int = Field(description="How many times the handler was tried.")
-    value: str = Field(description="The original value, as UTF-8 text (invalid bytes replaced).")
+    value: str = Field(
+        description="The original value, as UTF-8 text (invalid bytes replaced); only its first "
+        "16 KiB, for reading (value_b64 holds the bytes)."
+    )
     failed_at: datetime = Field(description="When the consumer gave up.")
+    failure: str = Field(
+        "unknown",
+        description="permanent (the input can never succeed: dead-lettered at once) or unknown "
+        "(an unrecognised error that persisted through every attempt).",
+    )
+    value_b64: str | None = Field(
+        None,
+        description="The original value's bytes, base64, up to the bound (256 KiB by default); "
+        "null when the record had no value or the letter predates this field.",
+    )
+    value_size: int | None = Field(
+        None, description="Size of the original value in bytes (null: no value)."
+    )
+    truncated: bool = Field(
+        False,
+        description="True when the value, key or headers were cut to fit; such a letter cannot "
+        "be replayed.",
+    )
+    key_b64: str | None = Field(None, description="The original key's bytes, base64.")
+    headers: list[RecordHeader] = Field(
+        default_factory=list, description="The original headers, in order."
+    )
+    record_kept: bool = Field(
+        False,
+        description="True when the letter holds the original key, value and headers byte for "
+        "byte, so that it can be replayed (false for cut letters and for earlier ones).",
+    )
 
 
 # --- the catalogue --------------------------------------------------------------------------

@@ -8,122 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
-from shared.bus import ConsumerRunner, Message, Publisher, Subscription, ensure_topics
-from shared.config import KafkaSettings, MongoSettings
-from shared.contracts import DEAD_LETTER, DEVICES, DeviceState, Topic
-from shared.events import HEADER_EVENT_ID, Event
+from shared.bus import Message, Publisher
+from shared.config import KafkaSettings
+from shared.contracts import DEVICES, DeviceState
+from shared.events import HEADER_EVENT_ID
 from shared.store import OUTBOX, Mongo, OutboxRelay, insert_once, new_with_outbox, with_outbox
-from tests.conftest import Infra
-from tests.support import client_options, create_topic, eventually, header, read_topic
+from tests.integration.conftest import (
+    STOP_TIMEOUT,
+    Ping,
+    committed,
+    dead_letters,
+    outbox_emptied,
+    ping_topic,
+    ready,
+    unique,
+)
+from tests.support import create_topic, eventually, header, read_topic
 
 pytestmark = pytest.mark.integration
-
-STOP_TIMEOUT = 20.0
-
-
-class Ping(Event):
-    event_type = "test.ping"
-
-    n: int
-
-
-def ping_topic(name: str) -> Topic:
-    return Topic(name=name, description="test", key="n", events=(Ping,))
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture(scope="module")
-async def catalogue_topics(infra: Infra) -> None:
-    # The dead-letter topic (and the rest of the catalogue) must exist before anyone writes.
-    await ensure_topics(KafkaSettings(bootstrap_servers=infra.kafka_bootstrap))
-
-
-@pytest.fixture
-async def publisher(
-    kafka_settings: KafkaSettings, catalogue_topics: None
-) -> AsyncIterator[Publisher]:
-    async with Publisher(kafka_settings, "bus-test") as pub:
-        yield pub
-
-
-@pytest.fixture
-async def mongo(mongo_settings: MongoSettings) -> AsyncIterator[Mongo]:
-    async with Mongo(mongo_settings, "bus") as m:
-        yield m
-
-
-async def outbox_emptied(collection: Any, doc_id: str) -> bool:
-    current = await collection.find_one({"_id": doc_id})
-    return current is not None and current[OUTBOX] == {}
-
-
-class Running:
-    """A ConsumerRunner running as a task, stopped (bounded) by the test."""
-
-    def __init__(self, runner: ConsumerRunner) -> None:
-        self.runner = runner
-        self.task = asyncio.create_task(runner.run())
-
-    async def started(self) -> None:
-        started = asyncio.create_task(self.runner.started.wait())
-        done, _ = await asyncio.wait(
-            {started, self.task}, timeout=STOP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-        )
-        if self.task in done:
-            self.task.result()  # re-raise why the runner ended
-        assert started in done, "consumer runner did not start in time"
-
-    async def stop(self) -> None:
-        self.runner.stop()
-        await asyncio.wait_for(self.task, STOP_TIMEOUT)
-
-
-@pytest.fixture
-async def run_consumer(
-    kafka_settings: KafkaSettings, publisher: Publisher
-) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
-    running: list[Running] = []
-
-    async def start(
-        group: str, handlers: dict[str, Callable[[Message], Awaitable[None]]]
-    ) -> Running:
-        r = Running(ConsumerRunner(kafka_settings, Subscription(group, handlers), publisher))
-        running.append(r)
-        await r.started()
-        return r
-
-    yield start
-    for r in running:
-        if not r.task.done():
-            await r.stop()
-
-
-async def dead_letters(bootstrap: str, original_topic: str) -> list[dict[str, Any]]:
-    records = await read_topic(bootstrap, DEAD_LETTER.name)
-    letters = [json.loads(r.value) for r in records]
-    return [d for d in letters if d["original_topic"] == original_topic]
-
-
-async def committed(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
-    consumer = AIOKafkaConsumer(
-        **client_options(bootstrap), group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        offset: int | None = await consumer.committed(tp)
-        return offset
-    finally:
-        await consumer.stop()
 
 
 async def test_a_transient_failure_is_retried_until_the_work_is_done_once(
@@ -377,14 +285,14 @@ async def test_a_graceful_stop_commits_what_was_handled_and_a_restart_goes_on_fr
     first = await run_consumer(group, {topic.name: handler})
     for n in range(5):
         await publisher.publish(topic, "k", Ping(n=n))
-    await eventually(lambda: _ready(len(seen) == 5), what="five handled")
+    await eventually(lambda: ready(len(seen) == 5), what="five handled")
     await first.stop()
     assert await committed(bootstrap, group, TopicPartition(topic.name, 0)) == 5
 
     for n in range(5, 8):
         await publisher.publish(topic, "k", Ping(n=n))
     await run_consumer(group, {topic.name: handler})
-    await eventually(lambda: _ready(len(seen) == 8), what="three more handled")
+    await eventually(lambda: ready(len(seen) == 8), what="three more handled")
     assert seen == list(range(8))  # nothing twice, nothing skipped, in order
 
 
@@ -407,7 +315,7 @@ async def test_two_consumers_of_one_group_share_the_partitions_and_handle_each_o
     await run_consumer(group, {topic.name: handler("a")})
     for n in range(30):
         await publisher.publish(topic, f"key-{n % 9}", Ping(n=n))
-    await eventually(lambda: _ready(len(handled["a"]) == 30), what="a handled the first 30")
+    await eventually(lambda: ready(len(handled["a"]) == 30), what="a handled the first 30")
     await run_consumer(group, {topic.name: handler("b")})
     for n in range(30, 90):
         await publisher.publish(topic, f"key-{n % 9}", Ping(n=n))
@@ -419,7 +327,3 @@ async def test_two_consumers_of_one_group_share_the_partitions_and_handle_each_o
     everything = sorted(handled["a"] + handled["b"])
     assert everything == list(range(90))
     assert handled["b"], "the second consumer got partitions"
-
-
-async def _ready(value: bool) -> bool:
-    return value
