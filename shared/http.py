@@ -17,7 +17,9 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logging import bind_correlation_id, get_logger
 
@@ -102,10 +104,11 @@ def _install_problem_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         slug = _TITLES.get(exc.status_code, "http-error")
+        title = "The request body is too large" if exc.status_code == 413 else None
         return problem_response(
             exc.status_code,
             slug,
-            slug.replace("-", " ").capitalize(),
+            title or slug.replace("-", " ").capitalize(),
             str(exc.detail) if exc.detail else None,
             instance=request.url.path,
             headers=dict(exc.headers) if exc.headers else None,
@@ -141,6 +144,66 @@ def _install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"at most {limit} bytes are accepted")
+
+
+class BodyLimit:
+    """Refuse request bodies larger than ``max_bytes`` by the bytes actually received.
+
+    ``Content-Length`` alone is not enough: a chunked request has none. The body is counted as
+    it is read; the read that goes over the limit raises :class:`BodyTooLarge`, which the
+    problem handlers answer with 413 (and which is answered here if nothing else did).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            413,
+            "payload-too-large",
+            "The request body is too large",
+            f"at most {self.max_bytes} bytes are accepted",
+            instance=scope.get("path"),
+        )
+        await response(scope, receive, send)
+
+
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
 
@@ -166,24 +229,20 @@ def create_app(
         redoc_url=None,
     )
     _install_problem_handlers(app)
+    # Added first, so it runs inside the correlation middleware (whose headers a 413 gets).
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.middleware("http")
     async def correlation_and_metrics(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         cid = bind_correlation_id(request.headers.get(CORRELATION_HEADER))
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            response: Response = problem_response(
-                413, "payload-too-large", "The request body is too large", instance=request.url.path
-            )
-        else:
-            started = time.perf_counter()
-            response = await call_next(request)
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            LATENCY.labels(path).observe(time.perf_counter() - started)
-            REQUESTS.labels(path, str(response.status_code)).inc()
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        LATENCY.labels(path).observe(time.perf_counter() - started)
+        REQUESTS.labels(path, str(response.status_code)).inc()
         response.headers[CORRELATION_HEADER] = cid
         return response
 

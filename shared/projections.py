@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared import contracts
@@ -55,13 +56,22 @@ users = _state(USERS, UserState, "user_id")
 devices = _state(DEVICES, DeviceState, "device_id")
 
 
+async def record_signing_key(collection: AsyncCollection[Document], key: SigningKey) -> None:
+    """Keep ``key``; retirement is final: once a key id is seen retired, a later record that
+    says otherwise (an old instance restarting, a rollback) does not bring it back."""
+    fields = key.model_dump(mode="json")
+    if key.retired:
+        update: Document = {"$set": fields}
+    else:
+        del fields["retired"]
+        update = {"$set": fields, "$setOnInsert": {"retired": False}}
+    await collection.update_one({"_id": key.kid}, update, upsert=True)
+
+
 def signing_keys(db: AsyncDatabase[Document]) -> Handler:
     # Keys carry no revision: a key id names one key for good (retirement only adds a flag).
     async def handle(msg: Message) -> None:
-        key = msg.parse(SigningKey)
-        await db[SIGNING_KEYS].update_one(
-            {"_id": key.kid}, {"$set": key.model_dump(mode="json")}, upsert=True
-        )
+        await record_signing_key(db[SIGNING_KEYS], msg.parse(SigningKey))
 
     return handle
 

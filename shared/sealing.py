@@ -125,4 +125,4 @@ def development_public_key() -> str:
 if __name__ == "__main__":
     new = SealingKey.generate()
     print(f"FLEETDESK_NOTIFY_SEALING_PRIVATE_KEY={new.private_key_b64()}")
-    print(f"FLEETDESK_SEALING_NOTIFY_PUBLIC_KEY={new.public_key}")
+    print(f"FLEETDESK_IDENTITY_NOTIFY_SEALING_PUBLIC_KEY={new.public_key}")

@@ -170,4 +170,7 @@ def serve(app: FastAPI, settings: ServiceSettings, port: int) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # The socket peer stays the peer: a service that needs the client behind a proxy
+        # decides whom to believe itself (identity: FLEETDESK_IDENTITY_TRUSTED_PROXIES).
+        proxy_headers=False,
     )

@@ -1,11 +1,14 @@
 """Settings of the identity service."""
 
-from typing import ClassVar
+import ipaddress
+from typing import ClassVar, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from shared.config import ServiceSettings
-from shared.sealing import development_public_key
+from shared import sealing
+from shared.config import Environment, ServiceSettings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class IdentitySettings(ServiceSettings):
@@ -50,13 +53,78 @@ class IdentitySettings(ServiceSettings):
     identity_signin_window_seconds: int = Field(
         900, ge=1, description="Window of the sign-in rate limits."
     )
-
-    sealing_notify_public_key: str = Field(
-        default_factory=development_public_key,
-        validation_alias="FLEETDESK_SEALING_NOTIFY_PUBLIC_KEY",
-        description="Notify's X25519 public key (base64url): confirmation and invitation "
-        "tokens are sealed to it.",
+    identity_signin_account_total_limit: int = Field(
+        100,
+        ge=1,
+        description="Failed sign-ins per account from all client addresses together within the "
+        "window (NIST SP 800-63B: at most 100); addresses the account signed in from before "
+        "are exempt.",
     )
+    identity_trusted_proxies: str = Field(
+        "",
+        description="Comma-separated CIDR list of reverse proxies whose X-Forwarded-For is "
+        "believed; the client is the rightmost address not in this list.",
+    )
+    identity_password_hash_concurrency: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Password hashes (Argon2id, 64 MiB each) computed at once; more wait.",
+    )
+    identity_password_hash_queue: int = Field(
+        200,
+        ge=0,
+        description="Sign-ins and registrations that may wait for a hash; beyond that 503.",
+    )
+    identity_pending_registration_days: int = Field(
+        7,
+        ge=1,
+        le=365,
+        description="Days after which an unconfirmed registration expires and frees its address.",
+    )
+    identity_notify_sealing_public_key: str = Field(
+        "",
+        description="Notify's X25519 public key (base64url); confirmation and invitation tokens "
+        "are sealed to it. Development falls back to shared.sealing's development key, which "
+        "is refused elsewhere.",
+    )
+
+    @field_validator("identity_trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        for cidr in filter(None, (c.strip() for c in value.split(","))):
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _sealing_key(self) -> Self:
+        key = self.notify_sealing_public_key()
+        if self.environment is not Environment.DEVELOPMENT and (
+            not key or key == sealing.development_public_key()
+        ):
+            raise ValueError(
+                "identity_notify_sealing_public_key must be notify's real key outside development"
+            )
+        try:
+            sealing.seal(key, "probe", context="probe")
+        except ValueError as exc:
+            raise ValueError(
+                "identity_notify_sealing_public_key is not an X25519 public key"
+            ) from exc
+        return self
 
     def retired_key_ids(self) -> set[str]:
         return {kid.strip() for kid in self.identity_retired_key_ids.split(",") if kid.strip()}
+
+    def trusted_proxies(self) -> list[Network]:
+        return [
+            ipaddress.ip_network(c.strip(), strict=False)
+            for c in self.identity_trusted_proxies.split(",")
+            if c.strip()
+        ]
+
+    def notify_sealing_public_key(self) -> str:
+        key = self.identity_notify_sealing_public_key.strip()
+        if not key and self.environment is Environment.DEVELOPMENT:
+            return sealing.development_public_key()
+        return key

@@ -15,8 +15,9 @@ import pytest
 
 from services.identity.adapters.keys import generate_private_pem
 from shared.kafka_security import kafka_client_environment
+from shared.sealing import SealingKey
 from tests.conftest import _local_infra_module
-from tests.e2e.flows import E2E_SEALING_KEY, Platform
+from tests.e2e.flows import Platform
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("identity", "devices", "meters", "tickets", "notify")
@@ -89,6 +90,7 @@ def platform(infra, mailpit, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     ports = {name: _local.free_port() for name in SERVICES}
     agent_password = secrets.token_urlsafe(16)
     signing_key = generate_private_pem()
+    sealing_key = SealingKey.generate()  # notify's: identity seals tokens to its public half
     prefix = "e2e" + secrets.token_hex(4)
     env = {
         **os.environ,
@@ -103,8 +105,10 @@ def platform(infra, mailpit, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "FLEETDESK_IDENTITY_BOOTSTRAP_AGENT_PASSWORD": agent_password,
         # Every test client comes from 127.0.0.1: the per-client limit is tested on its own.
         "FLEETDESK_IDENTITY_SIGNIN_CLIENT_LIMIT": "10000",
-        "FLEETDESK_NOTIFY_SEALING_PRIVATE_KEY": E2E_SEALING_KEY.private_key_b64(),
-        "FLEETDESK_SEALING_NOTIFY_PUBLIC_KEY": E2E_SEALING_KEY.public_key,
+        # Requests from 127.0.0.1 play the ingress: tests name the client in X-Forwarded-For.
+        "FLEETDESK_IDENTITY_TRUSTED_PROXIES": "127.0.0.1/32,10.0.0.0/8",
+        "FLEETDESK_IDENTITY_NOTIFY_SEALING_PUBLIC_KEY": sealing_key.public_key,
+        "FLEETDESK_NOTIFY_SEALING_PRIVATE_KEY": sealing_key.private_key_b64(),
         "FLEETDESK_NOTIFY_PORTAL_URL": f"http://127.0.0.1:{ports['identity']}",
         "FLEETDESK_NOTIFY_SMTP_HOST": mailpit.smtp_host,
         "FLEETDESK_NOTIFY_SMTP_PORT": str(mailpit.smtp_port),
@@ -126,8 +130,8 @@ def platform(infra, mailpit, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             logs=logs,
             mongo_url=infra.mongo_url,
             database_prefix=prefix,
-            signing_key_pem=signing_key,
             processes=processes,
+            sealing_private_key=sealing_key.private_key_b64(),
         )
     finally:
         processes.stop_all()

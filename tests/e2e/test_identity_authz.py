@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.e2e.flows import Fleet, Org, Platform, User, auth, open_token, unique
+from tests.e2e.flows import Fleet, Org, Platform, User, auth, unique
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +65,7 @@ async def world(platform: Platform) -> AsyncIterator[World]:
         event = await fleet.notification(response.json()["user_id"], "identity.invitation-issued")
         accepted = await client.post(
             fleet.url("identity", "/identity/invitations/accept"),
-            json={"token": open_token(event), "password": "Tech-password-77"},
+            json={"token": platform.open_token(event), "password": "Tech-password-77"},
         )
         assert accepted.status_code == 200, accepted.text
         tokens["technician"] = await fleet.token(event["email"], "Tech-password-77")

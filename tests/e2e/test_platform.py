@@ -8,9 +8,12 @@ from collections.abc import AsyncIterator
 import httpx
 import jwt
 import pytest
+from pymongo import AsyncMongoClient
 
-from services.identity.adapters.keys import generate_private_pem
-from shared.contracts import ORGANISATIONS
+from services.identity.adapters.keys import Signer, generate_private_pem
+from shared.bus import Publisher
+from shared.config import AuthSettings, Environment, KafkaSettings
+from shared.contracts import ORGANISATIONS, SIGNING_KEYS, SigningKey
 from tests.e2e.conftest import SERVICES
 from tests.e2e.flows import Fleet, Platform, auth, unique
 from tests.support import eventually, header, read_topic
@@ -130,13 +133,13 @@ async def test_a_crashed_service_restarts_on_its_data_and_catches_up(fleet: Flee
     assert [d["org_id"] for d in listed.json()] == [later.org_id]
 
 
-async def test_signing_keys_rotate_and_a_retired_key_stops_verifying(
+async def test_signing_keys_rotate_and_retirement_is_final(
     fleet: Fleet, platform: Platform
 ) -> None:
     old_token = await fleet.agent()
     old_kid = jwt.get_unverified_header(old_token)["kid"]
     env = platform.processes.env
-    original = env["FLEETDESK_IDENTITY_SIGNING_KEY_PEM"]
+    old_pem, new_pem = env["FLEETDESK_IDENTITY_SIGNING_KEY_PEM"], generate_private_pem()
 
     async def devices_status(token: str) -> int:
         response = await fleet.http.get(fleet.url("devices", "/devices"), headers=auth(token))
@@ -144,10 +147,9 @@ async def test_signing_keys_rotate_and_a_retired_key_stops_verifying(
 
     assert await devices_status(old_token) == 200
     try:
-        env["FLEETDESK_IDENTITY_SIGNING_KEY_PEM"] = generate_private_pem()
+        env["FLEETDESK_IDENTITY_SIGNING_KEY_PEM"] = new_pem
         env["FLEETDESK_IDENTITY_RETIRED_KEY_IDS"] = old_kid
-        platform.processes.kill("identity")
-        platform.processes.start("identity")
+        restart_identity(platform)
         new_token = await fleet.token(platform.agent_email, platform.agent_password)
         assert jwt.get_unverified_header(new_token)["kid"] != old_kid
 
@@ -155,14 +157,57 @@ async def test_signing_keys_rotate_and_a_retired_key_stops_verifying(
             return await devices_status(new_token) == 200 and await devices_status(old_token) == 401
 
         await eventually(rotated)
+
+        # A rollback to the old key (the retirement setting gone with it): identity refuses
+        # to start rather than publish the retired key as valid again.
+        env["FLEETDESK_IDENTITY_SIGNING_KEY_PEM"] = old_pem
+        env.pop("FLEETDESK_IDENTITY_RETIRED_KEY_IDS")
+        with pytest.raises(RuntimeError, match="was retired"):
+            restart_identity(platform)
+
+        # An older identity that knows no better publishes the key as not retired: every
+        # service keeps it retired. A fresh key published after it, on the same partition,
+        # shows when the services have read that far.
+        marker_pem = generate_private_pem()
+        marker = Signer.from_pem(marker_pem, Environment.TEST, AuthSettings(), 900)
+        settings = KafkaSettings(bootstrap_servers=platform.kafka_bootstrap)
+        async with Publisher(settings, "identity") as publisher:
+            public = jwt.get_unverified_header(old_token)  # kid only; the PEM from the copy
+            old_key = await old_signing_key(platform, public["kid"])
+            await publisher.publish(
+                SIGNING_KEYS, old_kid, old_key.model_copy(update={"retired": False})
+            )
+            await publisher.publish(SIGNING_KEYS, old_kid, marker.public_key())
+        claims = jwt.decode(new_token, options={"verify_signature": False})
+        marker_token = marker.issue(claims["sub"], claims.get("org"), claims.get("role"))
+
+        async def marker_seen() -> bool:
+            return await devices_status(marker_token) == 200
+
+        await eventually(marker_seen)
+        assert await devices_status(old_token) == 401
     finally:
-        # Back to the session's key (published again as not retired) for the other tests.
-        env["FLEETDESK_IDENTITY_SIGNING_KEY_PEM"] = original
+        # The session goes on with the new key (platform.signing_key_pem follows the env).
+        env["FLEETDESK_IDENTITY_SIGNING_KEY_PEM"] = new_pem
         env.pop("FLEETDESK_IDENTITY_RETIRED_KEY_IDS", None)
+        restart_identity(platform)
+
+
+def restart_identity(platform: Platform) -> None:
+    proc = platform.processes.procs.get("identity")
+    if proc is not None and proc.poll() is None:
         platform.processes.kill("identity")
-        platform.processes.start("identity")
+    platform.processes.start("identity")
 
-    async def restored() -> bool:
-        return await devices_status(old_token) == 200
 
-    await eventually(restored)
+async def old_signing_key(platform: Platform, kid: str) -> SigningKey:
+    """The key as the services hold it (from devices' copy of the signing-keys topic)."""
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(platform.mongo_url)
+    try:
+        doc = await client[f"{platform.database_prefix}_devices"]["signing_keys"].find_one(
+            {"_id": kid}, {"_id": 0}
+        )
+    finally:
+        await client.close()
+    assert doc is not None and doc["retired"] is True
+    return SigningKey.model_validate(doc)

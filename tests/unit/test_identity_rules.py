@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
+from datetime import UTC, datetime
+from decimal import Decimal
+
 import pytest
 from pydantic import ValidationError
 
@@ -10,12 +14,17 @@ from services.identity.core.model import (
     OrganisationCreate,
     RegistrationCreate,
     StaffInvitation,
+    balance_fields,
+    decimal_from_units,
     password_problems,
     token_digest,
+    units_of,
 )
+from services.identity.core.signin import Limits, buckets, client_address
 from shared.auth import Principal, can_access_org, can_manage_device, can_see_device
 from shared.config import Environment, ServiceSettings, refuse_placeholder
 from shared.contracts import Role
+from shared.sealing import SealingKey, development_public_key
 
 
 @pytest.mark.parametrize(
@@ -132,8 +141,87 @@ def test_identity_settings_refuse_the_development_password_in_production(
 
     monkeypatch.setenv("FLEETDESK_ENVIRONMENT", "production")
     monkeypatch.setenv("FLEETDESK_IDENTITY_SIGNING_KEY_PEM", "-----BEGIN PRIVATE KEY-----x")
+    monkeypatch.setenv(
+        "FLEETDESK_IDENTITY_NOTIFY_SEALING_PUBLIC_KEY", SealingKey.generate().public_key
+    )
     with pytest.raises(ValidationError, match="identity_bootstrap_agent_password"):
         IdentitySettings()
     monkeypatch.setenv("FLEETDESK_IDENTITY_BOOTSTRAP_AGENT_PASSWORD", "s3cret-from-vault")
     assert IdentitySettings().environment is Environment.PRODUCTION
     assert isinstance(ServiceSettings().kafka.bootstrap_servers, str)
+
+
+@pytest.mark.parametrize("key", ["", development_public_key(), "not-a-key"])
+def test_identity_refuses_a_missing_or_placeholder_sealing_key_outside_development(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    from services.identity.config import IdentitySettings
+
+    monkeypatch.setenv("FLEETDESK_ENVIRONMENT", "test")
+    monkeypatch.setenv("FLEETDESK_IDENTITY_SIGNING_KEY_PEM", "-----BEGIN PRIVATE KEY-----x")
+    monkeypatch.setenv("FLEETDESK_IDENTITY_BOOTSTRAP_AGENT_PASSWORD", "s3cret-from-vault")
+    monkeypatch.setenv("FLEETDESK_IDENTITY_NOTIFY_SEALING_PUBLIC_KEY", key)
+    with pytest.raises(ValidationError, match="sealing"):
+        IdentitySettings()
+
+
+def test_development_seals_to_the_development_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.identity.config import IdentitySettings
+
+    monkeypatch.delenv("FLEETDESK_ENVIRONMENT", raising=False)
+    monkeypatch.delenv("FLEETDESK_IDENTITY_NOTIFY_SEALING_PUBLIC_KEY", raising=False)
+    assert IdentitySettings().notify_sealing_public_key() == development_public_key()
+
+
+TRUSTED = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32")]
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "client"),
+    [
+        ("203.0.113.9", None, "203.0.113.9"),
+        # An untrusted peer's header is ignored: anyone can write one.
+        ("203.0.113.9", "198.51.100.1", "203.0.113.9"),
+        ("10.1.2.3", "198.51.100.1", "198.51.100.1"),
+        # The rightmost untrusted hop: what the client wrote on the left is not believed.
+        ("10.1.2.3", "6.6.6.6, 198.51.100.1", "198.51.100.1"),
+        ("10.1.2.3", "6.6.6.6, 198.51.100.1, 10.9.9.9", "198.51.100.1"),
+        ("127.0.0.1", "2001:db8::1", "2001:db8::1"),
+        # Only proxies all the way: the leftmost of them.
+        ("10.1.2.3", "10.0.0.7", "10.0.0.7"),
+        # A malformed hop ends the walk at the last trusted address.
+        ("10.1.2.3", "198.51.100.1, garbage", "10.1.2.3"),
+        ("10.1.2.3", "", "10.1.2.3"),
+        (None, "198.51.100.1", "unknown"),
+    ],
+)
+def test_client_address_believes_forwarded_for_only_from_trusted_proxies(
+    peer: str | None, forwarded: str | None, client: str
+) -> None:
+    assert client_address(peer, forwarded, TRUSTED) == client
+
+
+def test_sign_in_buckets_spare_known_clients_the_lockouts_others_can_cause() -> None:
+    limits = Limits(account_limit=5, client_limit=20, account_total_limit=100, window_seconds=900)
+    now = datetime(2026, 11, 27, 10, 7, 30, tzinfo=UTC)
+    unknown = buckets("a@x.fi", "10.0.0.1", limits, now, known_client=False)
+    assert [b.limit for b in unknown] == [5, 20, 100]
+    known = buckets("a@x.fi", "10.0.0.1", limits, now, known_client=True)
+    assert [b.limit for b in known] == [5]  # the pair's own limit always holds
+    # Another client, same account: another pair bucket; the account's own bucket is shared.
+    other = buckets("a@x.fi", "10.0.0.2", limits, now, known_client=False)
+    assert other[0].id != unknown[0].id and other[2].id == unknown[2].id
+    # Fixed windows: a block ends with its window (restarts change nothing).
+    assert unknown[0].window_start == datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    assert unknown[0].retry_after(now) == 450
+    assert "a@x.fi" not in unknown[0].id and "10.0.0.1" not in unknown[1].id
+
+
+@pytest.mark.parametrize(
+    "amount", ["12.30", "0.01", "1E+3", "123456789012345.6789", "5", "0.000001"]
+)
+def test_amounts_become_exact_integer_units_and_back(amount: str) -> None:
+    units, exponent = units_of(Decimal(amount))
+    assert decimal_from_units(units, exponent) == Decimal(amount)
+    assert isinstance(units, int)
+    assert balance_fields("payment", Decimal(amount), "EUR")["signed_units"] == -units

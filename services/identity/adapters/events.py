@@ -5,6 +5,7 @@ from __future__ import annotations
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.identity.adapters.store import IdentityStore
+from services.identity.core.model import balance_fields
 from shared.bus import Handler, Message
 from shared.contracts import AccountEvent
 
@@ -24,6 +25,7 @@ def account_events(db: AsyncDatabase[dict[str, object]]) -> Handler:
                 "currency": entry.currency,
                 "reference": entry.reference,
                 "booked_at": entry.booked_at,
+                **balance_fields(entry.kind.value, entry.amount, entry.currency),
             }
         )
 

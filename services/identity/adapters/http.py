@@ -23,7 +23,12 @@ from services.identity.core.model import (
     TokenBody,
     UserPublic,
 )
+from services.identity.core.signin import client_address
 from services.identity.service_layer import Identity, not_found
+from services.identity.use_cases.account import account_view
+from services.identity.use_cases.registration import accept_invitation as accept
+from services.identity.use_cases.registration import register as register_user
+from services.identity.use_cases.sign_in import SignIn, sign_in
 from shared.auth import CurrentPrincipal, forbidden, require_org, require_role
 from shared.contracts import Role, UserStatus
 from shared.http import Problem
@@ -100,7 +105,7 @@ async def organisation_users(
 async def organisation_account(
     org_id: str, principal: CurrentPrincipal, identity: IdentityDep
 ) -> AccountView:
-    return await identity.account(principal, org_id)
+    return await account_view(principal, org_id, identity.store)
 
 
 @router.post("/organisations/{org_id}/invitations", status_code=status.HTTP_201_CREATED)
@@ -132,10 +137,10 @@ async def invite_staff(
 async def register(
     body: RegistrationCreate, identity: IdentityDep, request: Request
 ) -> RegistrationAccepted:
-    doc = await identity.register(body)
+    user_id = await register_user(body, identity)
     _published(request)
     return RegistrationAccepted(
-        user_id=doc["_id"],
+        user_id=user_id,
         status=UserStatus.PENDING_CONFIRMATION,
         detail="a confirmation e-mail is on its way; open its link to activate the account",
     )
@@ -152,7 +157,7 @@ async def confirm(body: TokenBody, identity: IdentityDep, request: Request) -> U
 async def accept_invitation(
     body: InvitationAccept, identity: IdentityDep, request: Request
 ) -> UserPublic:
-    doc = await identity.accept_invitation(body)
+    doc = await accept(body, identity)
     _published(request)
     return user_public(doc)
 
@@ -166,8 +171,12 @@ async def token(
 ) -> dict[str, Any]:
     if len(form.username) > 320 or len(form.password) > 256:
         raise Problem(422, "validation-error", "The request is not valid", "field too long")
-    client = request.client.host if request.client else "unknown"
-    access_token, _user = await identity.sign_in(form.username, form.password, client)
+    client = client_address(
+        request.client.host if request.client else None,
+        request.headers.get("x-forwarded-for"),
+        identity.trusted_proxies,
+    )
+    access_token, _user = await sign_in(SignIn(form.username, form.password, client), identity)
     return {
         "access_token": access_token,
         "token_type": "bearer",

@@ -6,12 +6,19 @@ from __future__ import annotations
 import uuid
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.identity.core.model import new_secret_token, token_digest
+from services.identity.adapters import throttle
+from services.identity.core.model import (
+    balance_fields,
+    decimal_from_units,
+    new_secret_token,
+    token_digest,
+)
 from shared import projections
 from shared.contracts import ORGANISATIONS, USERS, OrganisationState, Topic, UserState
 from shared.events import Event, utcnow
@@ -23,7 +30,7 @@ TOKENS = "tokens"
 TOKEN_USES = "token_uses"
 LOCKS = "locks"
 ACCOUNT = "account_entries"
-FAILURES = "signin_failures"
+NOTICES = "account_exists_notices"
 
 INDEXES = {
     ORGS: [
@@ -36,6 +43,7 @@ INDEXES = {
     ],
     TOKENS: [IndexModel([("user_id", ASCENDING)], name="by_user")],
     ACCOUNT: [IndexModel([("customer_number", ASCENDING)], name="by_customer")],
+    **throttle.INDEXES,
     projections.DEVICES: [IndexModel([("serial", ASCENDING)], name="by_serial")],
 }
 
@@ -139,6 +147,25 @@ class IdentityStore:
             )
         return new if result.modified_count == 1 else None
 
+    async def add_events(self, doc: Document, *extra: Extra) -> None:
+        """Publish ``extra`` through the user's outbox without changing the user."""
+        async with self.doc_locks.hold(USERS_COLL, doc["_id"]):
+            await self.users.update_one({"_id": doc["_id"]}, with_outbox({}, *extra))
+
+    async def delete_pending(self, doc: Document) -> bool:
+        """Delete an unconfirmed user as read (same revision, still pending); True if gone.
+
+        Other services keep its last state (pending: it never could sign in).
+        """
+        result = await self.users.delete_one(
+            {"_id": doc["_id"], "revision": doc["revision"], "status": doc["status"]}
+        )
+        return result.deleted_count == 1
+
+    async def first_notice_of_day(self, user_id: str, day: str) -> bool:
+        """True once per user and day: how often an owner hears of attempts on their address."""
+        return await insert_once(self.db[NOTICES], {"_id": f"{user_id}|{day}"})
+
     # --- single-use tokens -----------------------------------------------------------------
 
     async def issue_token(
@@ -157,6 +184,17 @@ class IdentityStore:
             }
         )
         return raw, expires_at
+
+    async def live_token(self, raw: str, purpose: str) -> Document | None:
+        """The token's record while it is unused and unexpired, without using it."""
+        return await self.tokens.find_one(
+            {
+                "_id": token_digest(raw),
+                "purpose": purpose,
+                "used_at": None,
+                "expires_at": {"$gt": utcnow()},
+            }
+        )
 
     async def consume_token(self, raw: str, purpose: str) -> Document | None:
         """Use a live token once and return it; None when unknown, used or expired.
@@ -202,31 +240,45 @@ class IdentityStore:
     async def record_account_entry(self, entry: Document) -> bool:
         return await insert_once(self.db[ACCOUNT], entry)
 
-    async def account_entries(self, customer_number: str) -> list[Document]:
+    async def backfill_balance_fields(self) -> int:
+        """Entries recorded before balances were summed in the database get their units."""
+        done = 0
+        async for e in self.db[ACCOUNT].find({"signed_units": {"$exists": False}}):
+            fields = balance_fields(e["kind"], Decimal(e["amount"]), e["currency"])
+            await self.db[ACCOUNT].update_one({"_id": e["_id"]}, {"$set": fields})
+            done += 1
+        return done
+
+    async def account_entries(self, customer_number: str, limit: int = 500) -> list[Document]:
+        """The latest ``limit`` entries, newest first (the view; the balance covers all)."""
         cursor = self.db[ACCOUNT].find({"customer_number": customer_number}).sort("booked_at", -1)
-        return [d async for d in cursor.limit(500)]
+        return [d async for d in cursor.limit(limit)]
 
-    # --- sign-in failures (rate limiting) --------------------------------------------------
+    async def account_balance(self, customer_number: str) -> dict[str, Decimal]:
+        """Invoiced minus paid and credited, per currency, over every entry, exactly.
 
-    async def recent_failures(self, key: str, window: timedelta) -> int:
-        doc = await self.db[FAILURES].find_one({"_id": key})
-        if doc is None or doc["window_start"] < utcnow() - window:
-            return 0
-        return int(doc["count"])
+        Amounts are kept as signed integer units with their decimal exponent
+        (``signed_units`` x 10^``exponent``); the server sums the integers per currency and
+        exponent (``$group``/``$sum``, which MongoDB and FerretDB both have) and the decimals are
+        put together here, so no float ever takes part.
+        """
+        pipeline: list[Document] = [
+            {"$match": {"customer_number": customer_number}},
+            {"$group": {"_id": "$balance_key", "units": {"$sum": "$signed_units"}}},
+        ]
+        balance: dict[str, Decimal] = {}
+        cursor = await self.db[ACCOUNT].aggregate(pipeline)
+        async for row in cursor:
+            if not isinstance(row["units"], int):  # an int64 overflow turns into a double
+                return await self._balance_by_reading(customer_number)
+            currency, exponent = str(row["_id"]).split(":")
+            amount = decimal_from_units(row["units"], int(exponent))
+            balance[currency] = balance.get(currency, Decimal(0)) + amount
+        return balance
 
-    async def record_failure(self, key: str, window: timedelta) -> None:
-        now = utcnow()
-        # A stale window restarts at one; otherwise the count grows.
-        stale = await self.db[FAILURES].update_one(
-            {"_id": key, "window_start": {"$lt": now - window}},
-            {"$set": {"count": 1, "window_start": now}},
-        )
-        if stale.modified_count == 0:
-            await self.db[FAILURES].update_one(
-                {"_id": key},
-                {"$inc": {"count": 1}, "$setOnInsert": {"window_start": now}},
-                upsert=True,
-            )
-
-    async def clear_failures(self, key: str) -> None:
-        await self.db[FAILURES].delete_one({"_id": key})
+    async def _balance_by_reading(self, customer_number: str) -> dict[str, Decimal]:
+        balance: dict[str, Decimal] = {}
+        async for e in self.db[ACCOUNT].find({"customer_number": customer_number}):
+            amount = decimal_from_units(e["signed_units"], int(e["balance_key"].split(":")[1]))
+            balance[e["currency"]] = balance.get(e["currency"], Decimal(0)) + amount
+        return balance

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from decimal import Decimal
 from typing import Annotated
 
 from pydantic import (
@@ -65,6 +66,29 @@ def new_secret_token() -> str:
 def token_digest(token: str) -> str:
     """Tokens are stored only as digests: a database leak does not leak usable tokens."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def units_of(amount: Decimal) -> tuple[int, int]:
+    """An exact decimal as (integer units, decimal exponent): 12.30 -> (1230, -2)."""
+    sign, digits, exponent = amount.as_tuple()
+    if not isinstance(exponent, int):
+        raise ValueError("not a finite amount")
+    units = int("".join(map(str, digits)) or "0")
+    return (-units if sign else units), exponent
+
+
+def decimal_from_units(units: int, exponent: int) -> Decimal:
+    return Decimal(units).scaleb(exponent)
+
+
+def balance_fields(kind: str, amount: Decimal, currency: str) -> dict[str, object]:
+    """What an account entry carries so that the database can sum it exactly: invoices add,
+    payments and credits subtract."""
+    units, exponent = units_of(amount)
+    return {
+        "signed_units": units if kind == "invoice" else -units,
+        "balance_key": f"{currency}:{exponent}",
+    }
 
 
 def normalise_email(email: str) -> str:

@@ -1,0 +1,1 @@
+"""Identity's use cases with a module each: one command, one handler."""
