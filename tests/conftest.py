@@ -2,8 +2,10 @@
 
 Where the servers come from, in order: servers named by ``FLEETDESK_TEST_KAFKA_BOOTSTRAP``
 and ``FLEETDESK_TEST_MONGO_URL``; else containers, when a Docker engine answers; else the
-local processes of ``deploy/local/infra.py`` (a Kafka broker and FerretDB). Tests isolate
-themselves by unique topics, consumer groups and database prefixes, never by wiping state.
+local processes of ``deploy/local/infra.py`` (a Kafka broker and FerretDB). The mail server
+(Mailpit) is a session fixture of its own (``mailpit``), started only for tests that send mail.
+Tests isolate themselves by unique topics, consumer groups, database prefixes and addresses,
+never by wiping state.
 
 Kafka security: the local broker runs with SASL and ACLs, with random passwords made for the
 session. Test code is the super user: the harness puts its credentials in ``FLEETDESK_KAFKA_*``
@@ -194,6 +196,38 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
             for name, value in _admin_environment(found.kafka_admin).items():
                 patch.setenv(name, value)
             yield found
+
+
+@dataclass(frozen=True)
+class MailServer:
+    """Where tests send mail (SMTP) and read what was delivered (Mailpit's HTTP API)."""
+
+    smtp_host: str
+    smtp_port: int
+    api_url: str
+
+
+@pytest.fixture(scope="session")
+def mailpit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
+    """A Mailpit for the session: ``FLEETDESK_TEST_SMTP_HOST``/``_PORT``/``_API`` name one that
+    already runs; else the local process of ``deploy/local/infra.py`` on free ports."""
+    host = os.environ.get("FLEETDESK_TEST_SMTP_HOST")
+    port = os.environ.get("FLEETDESK_TEST_SMTP_PORT")
+    api = os.environ.get("FLEETDESK_TEST_SMTP_API")
+    if host and port and api:
+        yield MailServer(host, int(port), api.rstrip("/"))
+        return
+    module = _local_infra_module()
+    smtp_port = module.free_port()
+    http_port = module.free_port()
+    while http_port == smtp_port:
+        http_port = module.free_port()
+    local = module.LocalMailpit(tmp_path_factory.mktemp("mailpit"), smtp_port, http_port)
+    try:
+        local.start()
+        yield MailServer("127.0.0.1", smtp_port, local.api_url)
+    finally:
+        local.stop()
 
 
 @pytest.fixture

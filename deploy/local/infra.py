@@ -1,4 +1,4 @@
-"""Fetch, cache, start and stop the local infrastructure: Apache Kafka (KRaft) and FerretDB.
+"""Fetch, cache, start and stop the local infrastructure: Apache Kafka (KRaft), FerretDB, Mailpit.
 
 Machines without a Docker engine run the real servers as plain processes. The binaries are
 fetched once per machine into a cache outside the repository (``~/.cache/fleetdesk`` unless
@@ -15,6 +15,7 @@ fetched once per machine into a cache outside the repository (``~/.cache/fleetde
   patch builds again. Its ``build/version/version.txt`` must exist before ``go build`` or the
   binary panics. The stock, unpatched build on its SQLite backend stays available
   (``FLEETDESK_LOCAL_MONGO_BACKEND=sqlite``, and the storage bench's baseline).
+* Mailpit: built from its Go module with ``go install``; SMTP, a web inbox and a REST API.
 
 Usage::
 
@@ -242,6 +243,7 @@ def mongo_backend() -> str:
 def fetch() -> None:
     fetch_kafka()
     fetch_ferretdb(patched=mongo_backend() == "postgresql")
+    fetch_mailpit()
 
 
 def _port_open(port: int) -> bool:
@@ -639,6 +641,105 @@ def _kafka_metadata(client_options: dict[str, Any]) -> bool:
     return asyncio.run(probe())
 
 
+# --- Mailpit: the mail server of `make run` and the tests (SMTP, web inbox, REST API) ---------
+
+MAILPIT_VERSION = "v1.33.1"
+MAILPIT_MODULE = "github.com/axllent/mailpit"
+
+
+def mailpit_binary() -> Path:
+    return CACHE / f"mailpit-{MAILPIT_VERSION}" / "mailpit"
+
+
+def fetch_mailpit() -> Path:
+    """Build Mailpit from its Go module into the cache (``go install``); return the binary."""
+    binary = mailpit_binary()
+    if binary.exists():
+        return binary
+    _log(f"building Mailpit {MAILPIT_VERSION} from its Go module (once per machine)")
+    tmp = binary.parent / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "GOBIN": str(tmp),
+        "GOFLAGS": "-mod=mod -buildvcs=false",
+        "CGO_ENABLED": "0",
+    }
+    subprocess.run(
+        ["go", "install", f"{MAILPIT_MODULE}@{MAILPIT_VERSION}"], check=True, env=env, cwd=tmp
+    )
+    (tmp / "mailpit").rename(binary)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return binary
+
+
+@dataclass
+class LocalMailpit:
+    """Mailpit as a child process: SMTP on ``smtp_port``, inbox and API on ``http_port``."""
+
+    run_dir: Path
+    smtp_port: int = 1025
+    http_port: int = 8025
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        binary = fetch_mailpit()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for port in (self.smtp_port, self.http_port):
+            if _port_open(port):
+                raise RuntimeError(f"port {port} for mailpit is already in use on 127.0.0.1")
+        log = open(self.run_dir / "mailpit.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [
+                str(binary),
+                f"--smtp=127.0.0.1:{self.smtp_port}",
+                f"--listen=127.0.0.1:{self.http_port}",
+                f"--database={self.run_dir / 'mailpit.db'}",
+                "--max=0",  # keep every message (the default drops all but the last 500)
+                "--smtp-auth-accept-any",
+                "--smtp-auth-allow-insecure",
+                "--smtp-max-recipients=1000",
+                "--smtp-disable-rdns",
+                "--disable-version-check",
+                "--quiet",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        (self.run_dir / "mailpit.pid").write_text(str(self.proc.pid))
+        deadline = time.monotonic() + timeout
+        while not (_port_open(self.smtp_port) and _http_ok(f"{self.api_url}/api/v1/info")):
+            if self.proc.poll() is not None:
+                tail = (self.run_dir / "mailpit.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"mailpit exited with {self.proc.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mailpit not ready after {timeout}s")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        pid = self.proc.pid if self.proc else _read_pid(self.run_dir / "mailpit.pid")
+        if pid is not None:
+            _terminate(pid, self.proc)
+        self.proc = None
+        (self.run_dir / "mailpit.pid").unlink(missing_ok=True)
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["fetch", "start", "stop"])
@@ -650,10 +751,13 @@ def main(argv: list[str] | None = None) -> int:
         fetch()
         return 0
     infra = LocalInfra(args.run_dir, args.kafka_port, args.mongo_port)
+    mailpit = LocalMailpit(args.run_dir)
     if args.command == "start":
         infra.start()
-        print(f"kafka {infra.kafka_bootstrap}\nmongo {infra.mongo_url}")
+        mailpit.start()
+        print(f"kafka {infra.kafka_bootstrap}\nmongo {infra.mongo_url}\nmailpit {mailpit.api_url}")
     else:
+        mailpit.stop()
         infra.stop()
     return 0
 
