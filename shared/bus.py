@@ -297,6 +297,7 @@ def _short(exc: ValidationError) -> str:
 
 Handler = Callable[[Message], Awaitable[None]]
 BatchHandler = Callable[[list[Message]], Awaitable[list[tuple[Message, Exception]]]]
+PartitionsHook = Callable[[list[TopicPartition]], Awaitable[None]]
 """Handles the records of one partition from one fetch, in offset order, and returns the ones
 that are permanently bad, each with its exception (the runner dead-letters them). Raising an
 infrastructure error retries the whole batch later; raising anything else makes the runner
@@ -315,6 +316,10 @@ class Subscription:
     handlers: dict[str, Handler] = field(default_factory=dict)
     from_beginning: bool = True
     batch_handlers: dict[str, BatchHandler] = field(default_factory=dict)
+    on_assigned: PartitionsHook | None = None
+    """Called with the partitions this consumer was given (before their records are fetched)."""
+    on_revoked: PartitionsHook | None = None
+    """Called with the partitions taken away (after their handled offsets are committed)."""
 
     def __post_init__(self) -> None:
         both = set(self.handlers) & set(self.batch_handlers)
@@ -457,9 +462,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self._runner._revoked(self._consumer, set(revoked))
+        hook = self._runner._sub.on_revoked
+        if hook is not None:
+            await hook(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        return None
+        hook = self._runner._sub.on_assigned
+        if hook is not None:
+            await hook(list(assigned))
 
 
 class ConsumerRunner:

@@ -390,6 +390,27 @@ class SlaEscalation(Event):
     fired_at: AwareDatetime = Field(description="When the timer fired.")
 
 
+class TicketTimersSet(Event):
+    """The timers one ticket asks its partition's owner to watch (internal; key = ticket_id).
+
+    Written with every change of a ticket's SLA or pending offer; the tickets instance that owns
+    the key's partition keeps the latest version in its timer heap. Null = no such timer.
+    """
+
+    event_type = "tickets.timers-set"
+
+    ticket_id: str = Field(description="The ticket.")
+    org_id: str = Field(description="Its organisation.")
+    device_id: str | None = Field(description="The device it concerns.")
+    version: int = Field(ge=1, description="The ticket's revision; older settings are ignored.")
+    warn_at: AwareDatetime | None = Field(None, description="When the SLA warning is due.")
+    due_at: AwareDatetime | None = Field(None, description="When the SLA breach is due.")
+    offer_id: str | None = Field(None, description="The pending offer to a technician.")
+    offer_expires_at: AwareDatetime | None = Field(
+        None, description="When that offer lapses and the ticket routes to the next technician."
+    )
+
+
 # --- from outside ---------------------------------------------------------------------------
 
 
@@ -589,6 +610,14 @@ TICKET_EVENTS = Topic(
     writers=("tickets",),
     readers=("notify",),
 )
+TICKET_TIMERS = Topic(
+    "tickets.timers",
+    "Internal: each ticket's SLA and offer timers, keyed by ticket so one instance owns each.",
+    "ticket_id",
+    (TicketTimersSet,),
+    writers=("tickets",),
+    readers=("tickets",),
+)
 BILLING_ACCOUNT_EVENTS = Topic(
     "billing.account-events",
     "Invoices, payments and credits of organisations, written by the billing system.",
@@ -626,6 +655,7 @@ CATALOGUE: tuple[Topic, ...] = (
     METER_EVENTS,
     METER_COMMANDS,
     TICKET_EVENTS,
+    TICKET_TIMERS,
     BILLING_ACCOUNT_EVENTS,
     TELEMETRY,
     DEAD_LETTER,

@@ -24,7 +24,7 @@ from shared.config import ServiceSettings
 from shared.contracts import CATALOGUE, SIGNING_KEYS, Topic
 from shared.http import create_app
 from shared.logging import configure_logging, get_logger
-from shared.store import Document, Mongo, OutboxRelay
+from shared.store import OUTBOX_INDEX, Document, Mongo, OutboxRelay
 
 log = get_logger(__name__)
 
@@ -96,11 +96,11 @@ async def service_runtime(
     await ensure_topics(settings.kafka, own_topics(name, settings))
     async with Mongo(settings.mongo, name) as mongo, Publisher(settings.kafka, name) as publisher:
         await mongo.ensure_indexes(indexes)
+        await mongo.ensure_indexes({name: [OUTBOX_INDEX] for name in outbox_collections})
         relay = OutboxRelay(
             mongo.db,
             outbox_collections,
             publisher,
-            mongo.doc_locks,
             settings.mongo.outbox_poll_ms / 1000,
         )
         subs = [signing_keys_subscription(name, mongo.db), *subscriptions(mongo.db, publisher)]

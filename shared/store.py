@@ -3,9 +3,16 @@
 Without multi-document transactions (FerretDB has none), the only write that is atomic with
 "and tell the others" is a single-document update. So an event that must be published is
 written into the document's own ``outbox`` field (a map keyed by event id) in the same update
-that changes the document. The :class:`OutboxRelay` publishes pending entries in order and then
-unsets them; a crash between the publish and the unset publishes again, which consumers absorb
-by event id. Nothing written is lost, and nothing is published that was not written.
+that changes the document, which also sets ``outbox_at`` (indexed: the relay's query). The
+:class:`OutboxRelay` claims a document (a lease taken with an atomic conditional update, so two
+replicas of a service do not publish the same entries), publishes its pending entries in order
+and then unsets them; a crash between the publish and the unset publishes again after the lease,
+which consumers absorb by event id. Nothing written is lost, and nothing is published that was
+not written. An entry that can never be published (unknown topic or event type, invalid payload)
+is moved to ``outbox_rejected`` on its document, logged and counted, while the others flow.
+
+The server must apply single-document updates atomically (MongoDB does; the embedded FerretDB is
+patched to: ``tests/integration/test_store_promises.py`` checks it on the server in use).
 """
 
 from __future__ import annotations
@@ -13,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import AsyncMongoClient, IndexModel
+from prometheus_client import Counter
+from pydantic import ValidationError
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -33,34 +43,23 @@ log = get_logger(__name__)
 
 Document = dict[str, Any]
 OUTBOX = "outbox"
-PENDING = {OUTBOX: {"$exists": True, "$ne": {}}}
+# When the document's outbox last received entries; present while entries are pending.
+OUTBOX_AT = "outbox_at"
+# The relay holding the document: {"by": relay id, "until": lease end}.
+OUTBOX_CLAIM = "outbox_claim"
+# Entries that can never be published, set aside for an operator: event id -> entry + error.
+OUTBOX_REJECTED = "outbox_rejected"
+# Every outbox collection carries this index: the relay's query uses it.
+OUTBOX_INDEX = IndexModel([(OUTBOX_AT, ASCENDING)], name=OUTBOX_AT)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A range on a date (served by the index), true for every document with pending entries.
+PENDING = {OUTBOX_AT: {"$gte": _EPOCH}}
 
-
-class DocumentLocks:
-    """Serialises this process's updates of one document (writers and the outbox relay).
-
-    MongoDB applies each single-document update atomically, but FerretDB (1.x, SQLite) reads,
-    modifies and writes a document in separate steps: two concurrent updates of one document
-    can lose one of them (an outbox entry set by a writer while the relay unsets another).
-    Within one process these locks rule that out; across instances, run on MongoDB.
-    """
-
-    def __init__(self) -> None:
-        self._locks: dict[tuple[str, Any], asyncio.Lock] = {}
-        self._users: dict[tuple[str, Any], int] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, collection: str, doc_id: Any) -> AsyncIterator[None]:
-        key = (collection, doc_id)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._users[key] = self._users.get(key, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if not self._users[key]:
-                del self._users[key], self._locks[key]
+OUTBOX_EVENTS = Counter(
+    "fleetdesk_outbox_events_total",
+    "Outbox entries handled by the relay, by outcome (published, rejected).",
+    ["collection", "outcome"],
+)
 
 
 class Mongo:
@@ -70,7 +69,6 @@ class Mongo:
         self._settings = settings
         self.name = f"{settings.database_prefix}_{service}"
         self._client: AsyncMongoClient[Document] | None = None
-        self.doc_locks = DocumentLocks()
 
     async def __aenter__(self) -> Mongo:
         self._client = AsyncMongoClient(
@@ -97,13 +95,10 @@ class Mongo:
             return False
 
     async def ensure_indexes(self, indexes: Mapping[str, Iterable[IndexModel]]) -> None:
+        """Create the indexes; those that exist with the same keys and name are left alone."""
         for collection, models in indexes.items():
-            existing = {ix["name"] async for ix in await self.db[collection].list_indexes()}
-            for model in models:
-                # One at a time, and only missing ones: FerretDB 1.24 panics on a
-                # createIndexes that names several indexes of which some already exist.
-                if model.document["name"] not in existing:
-                    await self.db[collection].create_indexes([model])
+            if models := list(models):
+                await self.db[collection].create_indexes(models)
 
 
 def outbox_entries(*events: tuple[Topic, str, Event]) -> dict[str, Document]:
@@ -131,12 +126,16 @@ def with_outbox(update: Document, *events: tuple[Topic, str, Event]) -> Document
     sets = dict(update.get("$set", {}))
     for event_id, entry in outbox_entries(*events).items():
         sets[f"{OUTBOX}.{event_id}"] = entry
+    if events:
+        sets[OUTBOX_AT] = utcnow()
     return {**update, "$set": sets}
 
 
 def new_with_outbox(doc: Document, *events: tuple[Topic, str, Event]) -> Document:
     """A document to insert, carrying outbox entries for ``events``."""
-    return {**doc, OUTBOX: outbox_entries(*events)}
+    if not events:
+        return {**doc, OUTBOX: {}}
+    return {**doc, OUTBOX: outbox_entries(*events), OUTBOX_AT: utcnow()}
 
 
 async def insert_once(collection: AsyncCollection[Document], doc: Document) -> bool:
@@ -155,11 +154,9 @@ class LockBusy(Exception):
 class Locks:
     """Short mutual exclusion between processes, built on a unique ``_id`` insert.
 
-    Why not a conditional update: FerretDB (1.x, SQLite) evaluates an update's filter and writes
-    the result in separate steps, so two concurrent ``update_one({..., cond}, ...)`` can both
-    "match" and the last writer wins. A duplicate ``_id`` is refused atomically by every
-    MongoDB-wire server, so that is the primitive everything that must happen once rests on.
-    A holder that crashed is taken over after its lease.
+    A duplicate ``_id`` is refused atomically by every MongoDB-wire server (stock FerretDB
+    included, whose conditional updates were not atomic), so that is the primitive everything
+    that must happen once rests on. A holder that crashed is taken over after its lease.
     """
 
     def __init__(self, collection: AsyncCollection[Document]) -> None:
@@ -207,15 +204,27 @@ async def upsert_if_newer(
         return False
 
 
+class Unpublishable(Exception):
+    """An outbox entry that can never be published (unknown topic or type, invalid payload)."""
+
+
 @dataclass
 class OutboxRelay:
-    """Publishes what documents hold in their outbox, then removes it from them."""
+    """Publishes what documents hold in their outbox, then removes it from them.
+
+    Several relays (replicas of one service) may run on one database: each document is claimed
+    for ``lease_seconds`` with an atomic conditional update before its entries are published, so
+    only one relay publishes them; a relay that dies holding a claim is replaced after the lease
+    (its last entries may then be published twice: consumers drop a repeated event id).
+    """
 
     db: AsyncDatabase[Document]
     collections: tuple[str, ...]
     publisher: Publisher
-    doc_locks: DocumentLocks
     poll_seconds: float = 0.5
+    lease_seconds: float = 30.0
+    batch: int = 100
+    relay_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
@@ -244,13 +253,50 @@ class OutboxRelay:
         published = 0
         for name in self.collections:
             collection = self.db[name]
-            async for doc in collection.find(PENDING, {OUTBOX: 1}):
-                published += await self._publish_document(collection, doc)
+            while True:
+                ids = [
+                    d["_id"]
+                    async for d in collection.find(PENDING, {"_id": 1})
+                    .sort(OUTBOX_AT, ASCENDING)
+                    .limit(self.batch)
+                ]
+                claimed = 0
+                for doc_id in ids:
+                    doc = await self._claim(collection, doc_id)
+                    if doc is not None:
+                        claimed += 1
+                        published += await self._publish_document(collection, doc)
+                if len(ids) < self.batch or not claimed:
+                    break
         return published
 
-    async def _publish_document(self, collection: AsyncCollection[Document], doc: Document) -> int:
-        entries = sorted(doc.get(OUTBOX, {}).items(), key=lambda item: item[1]["seq"])
-        for event_id, entry in entries:
+    async def _claim(self, collection: AsyncCollection[Document], doc_id: Any) -> Document | None:
+        """The document with its outbox, if this relay could claim it (no live claim of another)."""
+        now = utcnow()
+        return await collection.find_one_and_update(
+            {
+                "_id": doc_id,
+                **PENDING,
+                "$or": [
+                    {OUTBOX_CLAIM: {"$exists": False}},
+                    {f"{OUTBOX_CLAIM}.until": {"$lt": now}},
+                    {f"{OUTBOX_CLAIM}.by": self.relay_id},
+                ],
+            },
+            {
+                "$set": {
+                    OUTBOX_CLAIM: {
+                        "by": self.relay_id,
+                        "until": now + timedelta(seconds=self.lease_seconds),
+                    }
+                }
+            },
+            # No projection: FerretDB 1.24's findAndModify does not support one.
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def _envelope_and_event(self, event_id: str, entry: Document) -> tuple[Topic, Envelope, Event]:
+        try:
             topic = topic_named(entry["topic"])
             event_cls = next(e for e in topic.events if e.event_type == entry["event_type"])
             event = event_cls.model_validate(entry["payload"])
@@ -262,9 +308,57 @@ class OutboxRelay:
                 occurred_at=entry["occurred_at"],
                 producer=self.publisher.service,
             )
-            await self.publisher.publish(topic, entry["key"], event, envelope=envelope)
-            async with self.doc_locks.hold(collection.name, doc["_id"]):
-                await collection.update_one(
-                    {"_id": doc["_id"]}, {"$unset": {f"{OUTBOX}.{event_id}": ""}}
-                )
-        return len(entries)
+        except (KeyError, StopIteration, TypeError, ValueError, ValidationError) as exc:
+            raise Unpublishable(repr(exc)) from exc
+        return topic, envelope, event
+
+    async def _publish_document(self, collection: AsyncCollection[Document], doc: Document) -> int:
+        entries = sorted((doc.get(OUTBOX) or {}).items(), key=lambda item: item[1].get("seq") or 0)
+        published: list[str] = []
+        rejected: dict[str, Document] = {}
+        try:
+            for event_id, entry in entries:
+                try:
+                    topic, envelope, event = self._envelope_and_event(event_id, entry)
+                except Unpublishable as exc:
+                    log.error(
+                        "outbox entry set aside: it cannot be published",
+                        collection=collection.name,
+                        document_id=str(doc["_id"]),
+                        event_id=event_id,
+                        event_type=entry.get("event_type"),
+                        error=str(exc),
+                    )
+                    OUTBOX_EVENTS.labels(collection.name, "rejected").inc()
+                    rejected[event_id] = {**entry, "error": str(exc), "rejected_at": utcnow()}
+                    continue
+                await self.publisher.publish(topic, entry["key"], event, envelope=envelope)
+                OUTBOX_EVENTS.labels(collection.name, "published").inc()
+                published.append(event_id)
+        finally:
+            await self._release(collection, doc, published, rejected)
+        return len(published)
+
+    async def _release(
+        self,
+        collection: AsyncCollection[Document],
+        doc: Document,
+        published: list[str],
+        rejected: dict[str, Document],
+    ) -> None:
+        """Remove the handled entries and the claim; ``outbox_at`` too when the outbox is empty."""
+        unset: Document = {f"{OUTBOX}.{event_id}": "" for event_id in [*published, *rejected]}
+        unset[OUTBOX_CLAIM] = ""
+        update: Document = {"$unset": unset}
+        if rejected:
+            update["$set"] = {f"{OUTBOX_REJECTED}.{k}": v for k, v in rejected.items()}
+        mine = {"_id": doc["_id"], f"{OUTBOX_CLAIM}.by": self.relay_id}
+        if len(published) + len(rejected) == len(doc.get(OUTBOX) or {}):
+            # Unless a writer added entries since the claim (it sets outbox_at anew).
+            emptied = await collection.update_one(
+                {**mine, OUTBOX_AT: doc[OUTBOX_AT]},
+                {**update, "$unset": {**unset, OUTBOX_AT: ""}},
+            )
+            if emptied.matched_count:
+                return
+        await collection.update_one(mine, update)

@@ -2,8 +2,10 @@
 
 Where the servers come from, in order: servers named by ``FLEETDESK_TEST_KAFKA_BOOTSTRAP``
 and ``FLEETDESK_TEST_MONGO_URL``; else containers, when a Docker engine answers; else the
-local processes of ``deploy/local/infra.py`` (a Kafka broker and FerretDB). Tests isolate
-themselves by unique topics, consumer groups and database prefixes, never by wiping state.
+local processes of ``deploy/local/infra.py`` (a Kafka broker and FerretDB). The mail server
+(Mailpit) is a session fixture of its own (``mailpit``), started only for tests that send mail.
+Tests isolate themselves by unique topics, consumer groups, database prefixes and addresses,
+never by wiping state.
 
 Kafka security: the local broker runs with SASL and ACLs, with random passwords made for the
 session. Test code is the super user: the harness puts its credentials in ``FLEETDESK_KAFKA_*``
@@ -15,6 +17,7 @@ when the servers run without security: named servers without SASL, or containers
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -126,7 +129,9 @@ def _local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     from shared.kafka_security import principals, random_passwords
 
     passwords = {n: p.get_secret_value() for n, p in random_passwords().items()}
-    local = module.LocalInfra(run_dir, kafka_port, mongo_port, kafka_passwords=passwords)
+    local = module.LocalInfra(
+        run_dir, kafka_port, mongo_port, kafka_passwords=passwords, durable=False
+    )
     try:
         local.start()  # SCRAM users, the catalogue's topics and the ACLs included
         yield Infra(
@@ -156,6 +161,25 @@ def _named(kafka: str, mongo: str) -> Infra:
     return Infra(kafka, mongo, admin, found)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fetch (download, build) the local servers before the first test, when they will be used.
+
+    On a fresh machine that takes minutes (Kafka's jars, FerretDB's Go build), which must not
+    count against the first test's timeout.
+    """
+    if os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP") and os.environ.get(
+        "FLEETDESK_TEST_MONGO_URL"
+    ):
+        return
+    if not any("infra" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    if _docker_answers():
+        return
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        _local_infra_module().fetch()
+
+
 @pytest.fixture(scope="session")
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     kafka = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
@@ -172,6 +196,38 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
             for name, value in _admin_environment(found.kafka_admin).items():
                 patch.setenv(name, value)
             yield found
+
+
+@dataclass(frozen=True)
+class MailServer:
+    """Where tests send mail (SMTP) and read what was delivered (Mailpit's HTTP API)."""
+
+    smtp_host: str
+    smtp_port: int
+    api_url: str
+
+
+@pytest.fixture(scope="session")
+def mailpit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailServer]:
+    """A Mailpit for the session: ``FLEETDESK_TEST_SMTP_HOST``/``_PORT``/``_API`` name one that
+    already runs; else the local process of ``deploy/local/infra.py`` on free ports."""
+    host = os.environ.get("FLEETDESK_TEST_SMTP_HOST")
+    port = os.environ.get("FLEETDESK_TEST_SMTP_PORT")
+    api = os.environ.get("FLEETDESK_TEST_SMTP_API")
+    if host and port and api:
+        yield MailServer(host, int(port), api.rstrip("/"))
+        return
+    module = _local_infra_module()
+    smtp_port = module.free_port()
+    http_port = module.free_port()
+    while http_port == smtp_port:
+        http_port = module.free_port()
+    local = module.LocalMailpit(tmp_path_factory.mktemp("mailpit"), smtp_port, http_port)
+    try:
+        local.start()
+        yield MailServer("127.0.0.1", smtp_port, local.api_url)
+    finally:
+        local.stop()
 
 
 @pytest.fixture

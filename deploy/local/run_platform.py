@@ -2,9 +2,10 @@
 
 Starts Kafka and FerretDB from ``deploy/local/infra.py`` (unless
 ``FLEETDESK_KAFKA_BOOTSTRAP_SERVERS`` and ``FLEETDESK_MONGO_URL`` point at servers that already
-run), creates the topics, starts the
-five services as child processes, waits until each answers ``/ready``, prints one line per
-service with its URL, and on Ctrl-C (or SIGTERM) stops everything it started.
+run) and Mailpit (unless ``FLEETDESK_NOTIFY_SMTP_HOST`` names a mail server), creates the
+topics, starts the five services as child processes, waits until each answers ``/ready``,
+prints one line per service with its URL, and on Ctrl-C (or SIGTERM) stops everything it
+started.
 
 Kafka security: the local broker runs with SASL and ACLs; each service connects as its own
 principal (passwords from ``FLEETDESK_KAFKA_<NAME>_PASSWORD``, development defaults otherwise).
@@ -82,12 +83,19 @@ def main() -> int:
     module = _infra_module()
     if not (env.get("FLEETDESK_KAFKA_BOOTSTRAP_SERVERS") and env.get("FLEETDESK_MONGO_URL")):
         infra = module.LocalInfra(module.CACHE / "platform")
-        print("starting Kafka and FerretDB ...", flush=True)
+        print("starting Kafka, PostgreSQL and FerretDB ...", flush=True)
         infra.start()
         env["FLEETDESK_KAFKA_BOOTSTRAP_SERVERS"] = infra.kafka_bootstrap
         env["FLEETDESK_MONGO_URL"] = infra.mongo_url
         # faust's data beside the Kafka data, so that both are wiped together.
         env.setdefault("FLEETDESK_METERS_DATA_DIR", str(module.CACHE / "platform" / "meters"))
+    mailpit = None
+    if not env.get("FLEETDESK_NOTIFY_SMTP_HOST"):
+        mailpit = module.LocalMailpit(module.CACHE / "platform")
+        mailpit.start()
+        env["FLEETDESK_NOTIFY_SMTP_HOST"] = "127.0.0.1"
+        env["FLEETDESK_NOTIFY_SMTP_PORT"] = str(mailpit.smtp_port)
+        print(f"mailpit   ready  {mailpit.api_url}/  (the inbox: every e-mail notify sends)")
     service_env = _kafka_principals(infra, env)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
@@ -141,6 +149,8 @@ def main() -> int:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        if mailpit is not None:
+            mailpit.stop()
         if infra is not None:
             infra.stop()
         print("stopped", flush=True)

@@ -128,7 +128,7 @@ def build_app(settings: IdentitySettings | None = None) -> FastAPI:
     seal = sealer_for(settings.notify_sealing_public_key())
 
     async def setup(app: FastAPI, runtime: Runtime) -> None:
-        store = IdentityStore(runtime.db, runtime.mongo.doc_locks)
+        store = IdentityStore(runtime.db)
         attempts = SigninAttempts(runtime.db)
         app.state.identity = Identity(store, signer, settings, passwords, attempts, seal)
         await publish_signing_keys(runtime, signer, settings.retired_key_ids())

@@ -85,7 +85,7 @@ class Processes:
 
 
 @pytest.fixture(scope="session")
-def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:  # type: ignore[no-untyped-def]
+def platform(infra, mailpit, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:  # type: ignore[no-untyped-def]
     logs = tmp_path_factory.mktemp("platform-logs")
     ports = {name: _local.free_port() for name in SERVICES}
     agent_password = secrets.token_urlsafe(16)
@@ -110,6 +110,11 @@ def platform(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         "FLEETDESK_IDENTITY_TRUSTED_PROXIES": "127.0.0.1/32,10.0.0.0/8",
         "FLEETDESK_IDENTITY_NOTIFY_SEALING_PUBLIC_KEY": sealing_key.public_key,
         "FLEETDESK_NOTIFY_SEALING_PRIVATE_KEY": sealing_key.private_key_b64(),
+        # Offers to technicians lapse in seconds, so re-routing on no answer is seen in a test.
+        "FLEETDESK_TICKETS_OFFER_SECONDS": "4",
+        "FLEETDESK_NOTIFY_PORTAL_URL": f"http://127.0.0.1:{ports['identity']}",
+        "FLEETDESK_NOTIFY_SMTP_HOST": mailpit.smtp_host,
+        "FLEETDESK_NOTIFY_SMTP_PORT": str(mailpit.smtp_port),
         **{f"FLEETDESK_{name.upper()}_PORT": str(port) for name, port in ports.items()},
     }
     service_env = {

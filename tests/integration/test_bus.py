@@ -199,7 +199,7 @@ async def test_a_crash_between_write_and_publish_is_repaired_by_the_outbox_relay
     assert stored[OUTBOX][event_id]["topic"] == DEVICES.name
     assert stored[OUTBOX][event_id]["event_type"] == DeviceState.event_type
 
-    relay = OutboxRelay(mongo.db, ("devices",), publisher, mongo.doc_locks, poll_seconds=0.1)
+    relay = OutboxRelay(mongo.db, ("devices",), publisher, poll_seconds=0.1)
     task = asyncio.create_task(relay.run())
     try:
         await eventually(lambda: outbox_emptied(devices, device_id), what="outbox emptied")
@@ -231,13 +231,13 @@ async def test_writes_racing_the_relay_on_one_document_lose_no_event(
 ) -> None:
     """Rapid updates of one document while the relay empties its outbox: every event arrives.
 
-    FerretDB applies an update as read-modify-write; without the shared document locks the
-    relay's ``$unset`` of one entry could overwrite a writer's ``$set`` of the next.
+    Each update of the document must be atomic (the relay's ``$unset`` of one entry must not
+    overwrite a writer's ``$set`` of the next); no lock in the process helps it.
     """
     device_id = unique("dev")
     devices = mongo.db["devices"]
     await devices.insert_one({"_id": device_id, "revision": 0, OUTBOX: {}})
-    relay = OutboxRelay(mongo.db, ("devices",), publisher, mongo.doc_locks, poll_seconds=0.01)
+    relay = OutboxRelay(mongo.db, ("devices",), publisher, poll_seconds=0.01)
     task = asyncio.create_task(relay.run())
     revisions = range(1, 31)
     try:
@@ -245,11 +245,10 @@ async def test_writes_racing_the_relay_on_one_document_lose_no_event(
             event = DeviceState(
                 device_id=device_id, org_id="org", serial="SN-1", model="M1", revision=revision
             )
-            async with mongo.doc_locks.hold("devices", device_id):
-                await devices.update_one(
-                    {"_id": device_id},
-                    with_outbox({"$set": {"revision": revision}}, (DEVICES, device_id, event)),
-                )
+            await devices.update_one(
+                {"_id": device_id},
+                with_outbox({"$set": {"revision": revision}}, (DEVICES, device_id, event)),
+            )
             relay.nudge()
             await asyncio.sleep(0)  # let the relay interleave with the next write
 

@@ -213,12 +213,7 @@ async def test_orders_once_per_need_through_restart_and_redelivery(env: dict[str
     letters = [json.loads(r.value) for r in await read_topic(bootstrap, DEAD_LETTER.name)]
     mine = [x for x in letters if x["original_topic"] == topic]
     assert sorted(x["consumer_group"] for x in mine) == [group, f"{group}-again"]
-    try:  # the in-process document locks are going away (the server becomes atomic)
-        from shared.store import DocumentLocks  # type: ignore[attr-defined]
-
-        relay = OutboxRelay(db, (SUPPLY_ORDERS,), env["publisher"], DocumentLocks())
-    except ImportError:
-        relay = OutboxRelay(db, (SUPPLY_ORDERS,), env["publisher"])  # type: ignore[call-arg]
+    relay = OutboxRelay(db, (SUPPLY_ORDERS,), env["publisher"])
     assert await relay.publish_pending() == 5
 
     async def events() -> list[Any]:

@@ -22,7 +22,7 @@ from services.identity.core.model import (
 from shared import projections
 from shared.contracts import ORGANISATIONS, USERS, OrganisationState, Topic, UserState
 from shared.events import Event, utcnow
-from shared.store import Document, DocumentLocks, Locks, insert_once, new_with_outbox, with_outbox
+from shared.store import Document, Locks, insert_once, new_with_outbox, with_outbox
 
 ORGS = "organisations"
 USERS_COLL = "users"
@@ -72,10 +72,8 @@ def user_state(doc: Document) -> UserState:
 
 
 class IdentityStore:
-    def __init__(self, db: AsyncDatabase[Document], doc_locks: DocumentLocks | None = None) -> None:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.db = db
-        # Shared with the outbox relay of the process (see shared.store.DocumentLocks).
-        self.doc_locks = doc_locks or DocumentLocks()
         self.orgs = db[ORGS]
         self.users = db[USERS_COLL]
         self.tokens = db[TOKENS]
@@ -141,16 +139,14 @@ class IdentityStore:
             (USERS, doc["_id"], user_state(new)),
             *extra,
         )
-        async with self.doc_locks.hold(USERS_COLL, doc["_id"]):
-            result = await self.users.update_one(
-                {"_id": doc["_id"], "revision": doc["revision"]}, update
-            )
+        result = await self.users.update_one(
+            {"_id": doc["_id"], "revision": doc["revision"]}, update
+        )
         return new if result.modified_count == 1 else None
 
     async def add_events(self, doc: Document, *extra: Extra) -> None:
         """Publish ``extra`` through the user's outbox without changing the user."""
-        async with self.doc_locks.hold(USERS_COLL, doc["_id"]):
-            await self.users.update_one({"_id": doc["_id"]}, with_outbox({}, *extra))
+        await self.users.update_one({"_id": doc["_id"]}, with_outbox({}, *extra))
 
     async def delete_pending(self, doc: Document) -> bool:
         """Delete an unconfirmed user as read (same revision, still pending); True if gone.

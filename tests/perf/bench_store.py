@@ -1,0 +1,192 @@
+"""Benchmark of the embedded MongoDB-wire server at fleet scale, with stock FerretDB beside it.
+
+    make bench                                  # part of it
+    uv run python tests/perf/bench_store.py     # alone
+    BENCH_STORE_DOCS=200000 BENCH_STORE_STOCK_DOCS=20000 uv run python tests/perf/bench_store.py
+    BENCH_STORE_BACKENDS=sqlite uv run python tests/perf/bench_store.py   # the baseline only
+
+Starts two servers of its own (``deploy/local/infra.py``, temporary folders, free ports): the
+platform's server (patched FerretDB on PostgreSQL) and stock FerretDB 1.24.2 on SQLite, and runs
+the same steps on each: ``insert_many`` (batches of 5,000) into a collection with the indexes a
+service would have; ``find_one`` by ``_id`` and by an indexed field; bulk upserts by ``_id`` of
+existing documents; a range query on an indexed date field returning 100 documents. Stock
+FerretDB is too slow for a million documents and thousands of lookups in minutes, so it gets
+fewer of both (10,000 documents; 50 lookups by ``_id``, 20 by the indexed field, 20 upserts,
+20 range queries): each of its lines names its document count (``stock-sqlite-10k``).
+
+Prints ``BENCH <name> <value> <unit>`` lines (and progress on stderr).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel, MongoClient, UpdateOne
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
+BATCH = 5000
+
+
+@dataclass(frozen=True)
+class Plan:
+    label: str
+    docs: int
+    id_lookups: int
+    field_lookups: int
+    upserts: int
+    ranges: int
+
+
+def _infra() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "fleetdesk_local_infra", ROOT / "deploy" / "local" / "infra.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def progress(msg: str) -> None:
+    print(f"[bench_store] {msg}", file=sys.stderr, flush=True)
+
+
+def bench(name: str, value: float, unit: str) -> None:
+    shown = f"{value:.2f}" if value < 100 else f"{value:.0f}"
+    print(f"BENCH {name} {shown} {unit}", flush=True)
+
+
+def doc(i: int) -> dict[str, Any]:
+    return {
+        "_id": f"dev{i:08d}",
+        "serial": f"SN{i:08d}",
+        "org_id": f"org{i % 5000:05d}",
+        "model_family": ("laser", "inkjet", "mfp")[i % 3],
+        "at": BASE + timedelta(seconds=i),
+        "counters": {"mono": i % 100000, "colour": i % 7000},
+        "status": "active",
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def timed(fn: Any, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def run(url: str, plan: Plan) -> None:
+    client: MongoClient[dict[str, Any]] = MongoClient(url, tz_aware=True)
+    try:
+        coll = client["bench_store"]["devices"]
+        coll.create_indexes(
+            [
+                IndexModel([("serial", ASCENDING)], name="serial", unique=True),
+                IndexModel([("at", ASCENDING)], name="at"),
+            ]
+        )
+        rng = random.Random(7)
+        prefix = f"store.{plan.label}"
+
+        started = time.perf_counter()
+        step = max(plan.docs // 10, BATCH)
+        for first in range(0, plan.docs, BATCH):
+            coll.insert_many([doc(i) for i in range(first, min(first + BATCH, plan.docs))])
+            done = min(first + BATCH, plan.docs)
+            if done % step == 0 or done == plan.docs:
+                rate = done / (time.perf_counter() - started)
+                progress(f"{plan.label}: {done:,}/{plan.docs:,} documents ({rate:,.0f} docs/s)")
+        bench(f"{prefix}.insert_many", plan.docs / (time.perf_counter() - started), "docs/s")
+
+        for field, key, count in (
+            ("_id", "dev", plan.id_lookups),
+            ("serial", "SN", plan.field_lookups),
+        ):
+            progress(f"{plan.label}: {count} find_one by {field}")
+            times = timed(
+                lambda f=field, k=key: coll.find_one({f: f"{k}{rng.randrange(plan.docs):08d}"}),
+                count,
+            )
+            name = "id" if field == "_id" else "indexed_field"
+            bench(f"{prefix}.find_one_{name}.p50", statistics.median(times), "ms")
+            bench(f"{prefix}.find_one_{name}.p99", percentile(times, 0.99), "ms")
+
+        progress(f"{plan.label}: bulk_write of {plan.upserts} upserts by _id")
+        ids = rng.sample(range(plan.docs), plan.upserts)
+        ops = [
+            UpdateOne({"_id": f"dev{i:08d}"}, {"$set": {"status": "seen", "v": i}}, upsert=True)
+            for i in ids
+        ]
+        started = time.perf_counter()
+        result = coll.bulk_write(ops, ordered=False)
+        elapsed = time.perf_counter() - started
+        assert result.matched_count == plan.upserts, result.bulk_api_result
+        bench(f"{prefix}.bulk_upserts", plan.upserts / elapsed, "ops/s")
+
+        progress(f"{plan.label}: {plan.ranges} range queries on the date field")
+
+        def range_query() -> None:
+            start = rng.randrange(plan.docs - 100)
+            query = {
+                "at": {
+                    "$gte": BASE + timedelta(seconds=start),
+                    "$lt": BASE + timedelta(seconds=start + 100),
+                }
+            }
+            found = list(coll.find(query, {"_id": 1}))
+            assert len(found) == 100, len(found)
+
+        times = timed(range_query, plan.ranges)
+        bench(f"{prefix}.range_100.p50", statistics.median(times), "ms")
+        bench(f"{prefix}.range_100.p99", percentile(times, 0.99), "ms")
+    finally:
+        client.close()
+
+
+def main() -> int:
+    infra = _infra()
+    docs = int(os.environ.get("BENCH_STORE_DOCS", "1000000"))
+    stock_docs = int(os.environ.get("BENCH_STORE_STOCK_DOCS", "10000"))
+    plans = {
+        "postgresql": Plan("patched-pg", docs, 2000, 2000, 5000, 500),
+        "sqlite": Plan(f"stock-sqlite-{stock_docs // 1000}k", stock_docs, 50, 20, 20, 20),
+    }
+    backends = os.environ.get("BENCH_STORE_BACKENDS", "postgresql,sqlite").split(",")
+    for backend, plan in plans.items():
+        if backend not in backends:
+            continue
+        with tempfile.TemporaryDirectory(prefix="fleetdesk-bench-store-") as tmp:
+            local = infra.LocalInfra(
+                Path(tmp), mongo_port=infra.free_port(), backend=backend, kafka=False
+            )
+            progress(f"starting {backend} server")
+            local.start()
+            try:
+                run(local.mongo_url, plan)
+            finally:
+                local.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
