@@ -167,6 +167,12 @@ async def test_a_second_worker_joins_and_leaves_mid_stream(stream: Stream) -> No
         )
         await eventually(lambda: at_least(stream, REPORTS // 5), timeout=300, interval=0.5)
         second = stream.spawn("second")
+
+        async def second_started() -> bool:
+            return "worker started" in (stream.logs / "second.log").read_text()
+
+        # The second worker must really join (take partitions) before the stream is half done.
+        await eventually(second_started, timeout=180, interval=0.5)
         await eventually(lambda: at_least(stream, REPORTS // 2), timeout=300, interval=0.5)
         stop(second)  # leaves gracefully; its partitions go back to the first
         await producing
