@@ -52,8 +52,8 @@ asyncapi: install
 bench: install
 	$(UV) run --frozen python tests/perf/bench_bus.py
 	$(UV) run --frozen python tests/perf/bench_store.py
-	$(UV) run --frozen python tests/perf/bench_tickets_timers.py
-	$(UV) run --frozen python tests/perf/bench_telemetry_devices.py
+	$(UV) run --frozen python tests/perf/bench_tickets.py
+	$(UV) run --frozen python tests/perf/bench_devices.py
 	$(UV) run --frozen python tests/perf/bench_meters.py
 	$(UV) run --frozen python tests/perf/bench_notify.py
 

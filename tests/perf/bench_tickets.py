@@ -1,6 +1,6 @@
 """Benchmark of the SLA timers against real Kafka + FerretDB (or MongoDB).
 
-    uv run python tests/perf/bench_tickets_timers.py          # part of `make bench`
+    uv run python tests/perf/bench_tickets.py          # part of `make bench`
     BENCH_TICKETS=50000 BENCH_WINDOW_SECONDS=60 ...
 
 1. Stores ``BENCH_TICKETS`` open tickets whose breach deadlines fall due, evenly spread, within

@@ -3,7 +3,7 @@ baseline measured in the same run (plain consumption of the same topic + ``inser
 the raw reports, one bulk write per partition batch).
 
     make bench                                   # starts local Kafka + FerretDB unless given
-    BENCH_DEVICES=100000 BENCH_REPORTS=200000 python tests/perf/bench_telemetry_devices.py
+    BENCH_DEVICES=100000 BENCH_REPORTS=200000 python tests/perf/bench_devices.py
 
 A backlog of ``BENCH_REPORTS`` realistic reports over ``BENCH_DEVICES`` devices is produced
 once (every device reports in turn, round after round; four toner levels fall slowly, so most
