@@ -20,12 +20,10 @@ the run (SASL, as the super user) and stops it afterwards.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import random
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -51,6 +49,7 @@ from services.devices.core.telemetry import LevelsProjection, TelemetryDeps  # n
 from shared.bus import ConsumerRunner, Message, Publisher, Subscription, ensure_topics  # noqa: E402
 from shared.config import KafkaSettings, MongoSettings  # noqa: E402
 from shared.store import Mongo  # noqa: E402
+from tests.perf.servers import run_bench  # noqa: E402
 
 DEVICES = int(os.environ.get("BENCH_DEVICES", "100000"))
 REPORTS = int(os.environ.get("BENCH_REPORTS", "200000"))
@@ -208,31 +207,7 @@ async def bench(settings: KafkaSettings, mongo_url: str) -> None:
 
 
 def main() -> int:
-    bootstrap = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
-    mongo_url = os.environ.get("FLEETDESK_TEST_MONGO_URL")
-    infra = None
-    settings = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
-    if not (settings and mongo_url):
-        spec = importlib.util.spec_from_file_location(
-            "fleetdesk_local_infra", ROOT / "deploy/local/infra.py"
-        )
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        infra = module.LocalInfra(
-            Path(tempfile.mkdtemp(prefix="fleetdesk-bench-")),
-            module.free_port(),
-            module.free_port(),
-        )
-        infra.start()
-        settings, mongo_url = infra.kafka_admin(), infra.mongo_url
-    try:
-        asyncio.run(asyncio.wait_for(bench(settings, mongo_url), LIMIT_SECONDS))
-    finally:
-        if infra is not None:
-            infra.stop()
-    return 0
+    return run_bench(bench, LIMIT_SECONDS, prefix="fleetdesk-bench-")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` and ``FLEETDESK_TEST_MONGO_URL`` when bo
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import secrets
@@ -45,6 +44,7 @@ from shared.bus import Publisher, ensure_topics  # noqa: E402
 from shared.config import KafkaSettings, MongoSettings  # noqa: E402
 from shared.contracts import DEVICES, ORGANISATIONS, DeviceState, OrganisationState  # noqa: E402
 from shared.store import Mongo  # noqa: E402
+from tests.perf.servers import run_bench  # noqa: E402
 from tests.support import eventually  # noqa: E402
 
 REPORTS = int(os.environ.get("BENCH_REPORTS", "200000"))
@@ -241,31 +241,7 @@ async def run(kafka: KafkaSettings, mongo_url: str) -> None:
 
 
 def main() -> int:
-    bootstrap = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
-    mongo_url = os.environ.get("FLEETDESK_TEST_MONGO_URL")
-    infra = None
-    kafka = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
-    if not (kafka and mongo_url):
-        spec = importlib.util.spec_from_file_location(
-            "fleetdesk_local_infra", ROOT / "deploy/local/infra.py"
-        )
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        infra = module.LocalInfra(
-            Path(tempfile.mkdtemp(prefix="fleetdesk-bench-meters-")),
-            module.free_port(),
-            module.free_port(),
-        )
-        infra.start()
-        kafka, mongo_url = infra.kafka_admin(), infra.mongo_url
-    try:
-        asyncio.run(asyncio.wait_for(run(kafka, mongo_url), LIMIT_SECONDS))
-    finally:
-        if infra is not None:
-            infra.stop()
-    return 0
+    return run_bench(run, LIMIT_SECONDS, prefix="fleetdesk-bench-meters-")
 
 
 if __name__ == "__main__":

@@ -20,12 +20,10 @@ as the super user) and stops it afterwards. Bounded: a time limit.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -48,6 +46,7 @@ from shared.config import KafkaSettings, MongoSettings  # noqa: E402
 from shared.contracts import TICKET_EVENTS, TicketCategory  # noqa: E402
 from shared.events import utcnow  # noqa: E402
 from shared.store import Mongo  # noqa: E402
+from tests.perf.servers import run_bench  # noqa: E402
 
 N = int(os.environ.get("BENCH_TICKETS", "50000"))
 WINDOW = float(os.environ.get("BENCH_WINDOW_SECONDS", "60"))
@@ -192,32 +191,7 @@ async def bench(kafka: KafkaSettings, mongo_url: str) -> None:
 
 
 def main() -> int:
-    bootstrap = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
-    mongo_url = os.environ.get("FLEETDESK_TEST_MONGO_URL")
-    infra = None
-    # Named servers: security as FLEETDESK_KAFKA_* say; local ones: SASL, as the super user.
-    kafka = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
-    if not (kafka and mongo_url):
-        spec = importlib.util.spec_from_file_location(
-            "fleetdesk_local_infra", ROOT / "deploy/local/infra.py"
-        )
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        infra = module.LocalInfra(
-            Path(tempfile.mkdtemp(prefix="fleetdesk-bench-")),
-            module.free_port(),
-            module.free_port(),
-        )
-        infra.start()
-        kafka, mongo_url = infra.kafka_admin(), infra.mongo_url
-    try:
-        asyncio.run(asyncio.wait_for(bench(kafka, mongo_url), LIMIT_SECONDS))
-    finally:
-        if infra is not None:
-            infra.stop()
-    return 0
+    return run_bench(bench, LIMIT_SECONDS, prefix="fleetdesk-bench-")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""The servers a bench runs against: the ones named by ``FLEETDESK_TEST_*``, else local ones.
+
+Every bench under ``tests/perf`` calls :func:`run_bench` with its coroutine; local servers
+(``deploy/local/infra.py``: Kafka with SASL, FerretDB on PostgreSQL) are started in a fresh
+temporary folder and stopped afterwards, and the bench connects to Kafka as the super user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from shared.config import KafkaSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def local_infra_module() -> Any:
+    """``deploy/local/infra.py`` imported by path (``deploy`` is not a package)."""
+    name = "fleetdesk_local_infra"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy/local/infra.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_bench(
+    bench: Callable[[KafkaSettings, str], Awaitable[None]],
+    limit_seconds: float,
+    *,
+    prefix: str = "fleetdesk-bench-",
+) -> int:
+    """Run ``bench(kafka settings, mongo url)`` within ``limit_seconds``; return an exit code."""
+    bootstrap = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
+    mongo_url = os.environ.get("FLEETDESK_TEST_MONGO_URL")
+    infra = None
+    # Named servers: security as FLEETDESK_KAFKA_* say; local ones: SASL, as the super user.
+    kafka = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
+    if not (kafka and mongo_url):
+        module = local_infra_module()
+        infra = module.LocalInfra(
+            Path(tempfile.mkdtemp(prefix=prefix)), module.free_port(), module.free_port()
+        )
+        infra.start()
+        kafka, mongo_url = infra.kafka_admin(), infra.mongo_url
+    try:
+        asyncio.run(asyncio.wait_for(bench(kafka, mongo_url), limit_seconds))
+    finally:
+        if infra is not None:
+            infra.stop()
+    return 0
