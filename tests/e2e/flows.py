@@ -190,11 +190,23 @@ class Fleet:
         self, org: Org, admin: User, role: str, device_ids: list[str] | None = None
     ) -> User:
         email = f"{unique('i')}@customer.example.com"
-        response = await self.http.post(
-            self.url("identity", f"/identity/organisations/{org.org_id}/invitations"),
-            json={"email": email, "role": role, "device_ids": device_ids or [], "language": "sv"},
-            headers=auth(admin.token),
-        )
+        deadline = time.monotonic() + 30
+        while True:
+            response = await self.http.post(
+                self.url("identity", f"/identity/organisations/{org.org_id}/invitations"),
+                json={
+                    "email": email,
+                    "role": role,
+                    "device_ids": device_ids or [],
+                    "language": "sv",
+                },
+                headers=auth(admin.token),
+            )
+            # 422 unknown-devices: identity has not read a just-added device's state yet.
+            lagging = response.status_code == 422 and "unknown-devices" in response.text
+            if not lagging or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
         assert response.status_code == 201, response.text
         user_id = response.json()["user_id"]
         event = await self.notification(user_id, "identity.invitation-issued")
