@@ -94,6 +94,8 @@ def build_faust_app(
     """A faust app with its broker given at construction (set later, it silently falls back
     to localhost:9092), no web server, and short producer timeouts."""
     datadir = Path(ingest.data_dir or tempfile.gettempdir()) / f"{app_id}-data"
+    # faust expects the folder to exist (a first `make run` has none yet).
+    datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         app_id,
         **faust_broker_settings(kafka),
