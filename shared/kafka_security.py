@@ -264,23 +264,25 @@ class _CreateAclsRequest_v3(RequestStruct):  # type: ignore[misc]
     SCHEMA = _CreateAclsRequest_v2.SCHEMA
 
 
+def _acl_row(a: Acl) -> tuple[Any, ...]:
+    """One ACL as CreateAcls creations and DeleteAcls filters both encode it (exact match)."""
+    return (
+        int(a.resource_type),
+        a.resource_name,
+        int(a.pattern),
+        a.kafka_principal,
+        "*",
+        int(a.operation),
+        int(Permission.ALLOW),
+        {},
+    )
+
+
 class _CreateAcls(Request[_CreateAclsRequest_v2 | _CreateAclsRequest_v3]):  # type: ignore[misc]
     API_KEY = 30
 
     def __init__(self, acls: Iterable[Acl]) -> None:
-        self._rows: list[tuple[Any, ...]] = [
-            (
-                int(a.resource_type),
-                a.resource_name,
-                int(a.pattern),
-                a.kafka_principal,
-                "*",
-                int(a.operation),
-                int(Permission.ALLOW),
-                {},
-            )
-            for a in acls
-        ]
+        self._rows: list[tuple[Any, ...]] = [_acl_row(a) for a in acls]
 
     def build(self, request_struct_class: Any) -> Any:
         return request_struct_class(self._rows, {})
@@ -432,19 +434,7 @@ class _DeleteAcls(Request[_DeleteAclsRequest_v2 | _DeleteAclsRequest_v3]):  # ty
     API_KEY = 31
 
     def __init__(self, acls: Iterable[Acl]) -> None:
-        self._rows: list[tuple[Any, ...]] = [
-            (
-                int(a.resource_type),
-                a.resource_name,
-                int(a.pattern),
-                a.kafka_principal,
-                "*",
-                int(a.operation),
-                int(Permission.ALLOW),
-                {},
-            )
-            for a in acls
-        ]
+        self._rows: list[tuple[Any, ...]] = [_acl_row(a) for a in acls]
 
     def build(self, request_struct_class: Any) -> Any:
         return request_struct_class(self._rows, {})
