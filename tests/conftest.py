@@ -32,6 +32,7 @@ import pytest
 from pydantic import SecretStr
 
 from shared.config import KafkaSettings, MongoSettings, SaslMechanism, SecurityProtocol
+from tests.support import kafka_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,17 +49,6 @@ class Infra:
     @property
     def kafka_secured(self) -> bool:
         return bool(self.kafka_principals)
-
-
-def _admin_environment(admin: KafkaSettings) -> dict[str, str]:
-    """``FLEETDESK_KAFKA_*`` of the super user, for this process (see the module docstring)."""
-    env = {"FLEETDESK_KAFKA_SECURITY_PROTOCOL": admin.security_protocol.value}
-    if admin.uses_sasl:
-        assert admin.sasl_username is not None and admin.sasl_password is not None
-        env["FLEETDESK_KAFKA_SASL_MECHANISM"] = admin.sasl_mechanism.value
-        env["FLEETDESK_KAFKA_SASL_USERNAME"] = admin.sasl_username
-        env["FLEETDESK_KAFKA_SASL_PASSWORD"] = admin.sasl_password.get_secret_value()
-    return env
 
 
 def _docker_answers(timeout: float = 5.0) -> bool:
@@ -193,7 +183,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     )
     for found in source:
         with pytest.MonkeyPatch.context() as patch:
-            for name, value in _admin_environment(found.kafka_admin).items():
+            for name, value in kafka_environment(found.kafka_admin).items():
                 patch.setenv(name, value)
             yield found
 

@@ -25,6 +25,18 @@ def client_options(kafka: str | KafkaSettings) -> dict[str, Any]:
     return kafka.client_options()
 
 
+def kafka_environment(kafka: KafkaSettings) -> dict[str, str]:
+    """``FLEETDESK_KAFKA_*`` that give a process the security of ``kafka`` (the test harness
+    and the benches: the super user's); the bootstrap address is the caller's to set."""
+    env = {"FLEETDESK_KAFKA_SECURITY_PROTOCOL": kafka.security_protocol.value}
+    if kafka.uses_sasl:
+        assert kafka.sasl_username is not None and kafka.sasl_password is not None
+        env["FLEETDESK_KAFKA_SASL_MECHANISM"] = kafka.sasl_mechanism.value
+        env["FLEETDESK_KAFKA_SASL_USERNAME"] = kafka.sasl_username
+        env["FLEETDESK_KAFKA_SASL_PASSWORD"] = kafka.sasl_password.get_secret_value()
+    return env
+
+
 async def eventually(
     probe: Callable[[], Awaitable[T]],
     timeout: float = 15.0,

@@ -35,9 +35,6 @@ class IngestSettings(BaseSettings):
     stale_checks_per_round: int = Field(
         1000, ge=1, description="At most this many stale checks are asked per round."
     )
-    max_unconfirmed: int = Field(
-        64, ge=1, description="Outputs per device kept for replay until known durable."
-    )
     decision_timeout_seconds: float = Field(
         5.0, gt=0, description="How long a manual submission waits for the owner's decision."
     )

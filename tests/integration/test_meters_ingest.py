@@ -354,7 +354,8 @@ async def test_a_quiet_device_goes_stale_once_and_comes_back(worker: Worker) -> 
 
 async def test_a_full_redelivery_changes_nothing(worker: Worker) -> None:
     """The group's offsets go back to the start: every report and submission comes again; the
-    table (recovered from its changelog) is ahead, so each input replays its own decision."""
+    table (recovered from its changelog) already holds their decisions, whose outputs are
+    durable, so each input is recognised as decided and dropped: nothing is written twice."""
     await asyncio.sleep(0)  # the earlier tests' outputs are flushed: their readings are counted
     before = await worker.mongo.db[READINGS].count_documents({})
     assert before > 0

@@ -138,10 +138,12 @@ async def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(stream: Stre
     first = stream.spawn("first")
     second = None
     try:
+        # Spread over at least 8 s, so that the kill lands while reports are still coming
+        # (a fast worker would otherwise have decided a small stream before the kill).
         producing = asyncio.create_task(
-            produce(stream.kafka, stream.env["METERS_TEST_TELEMETRY"], reports(stream), None)
+            produce(stream.kafka, stream.env["METERS_TEST_TELEMETRY"], reports(stream), REPORTS / 8)
         )
-        await eventually(lambda: at_least(stream, REPORTS // 4), timeout=300, interval=0.5)
+        await eventually(lambda: at_least(stream, REPORTS // 4), timeout=300, interval=0.2)
         stop(first, signal.SIGKILL)  # a crash: nothing flushed or committed on the way out
         killed_at = await count(stream)
         assert killed_at < REPORTS
@@ -162,8 +164,11 @@ async def test_a_second_worker_joins_and_leaves_mid_stream(stream: Stream) -> No
     first = stream.spawn("first")
     second = None
     try:
+        # Spread over at least 20 s: the second worker joins while reports are still coming.
         producing = asyncio.create_task(
-            produce(stream.kafka, stream.env["METERS_TEST_TELEMETRY"], reports(stream), None)
+            produce(
+                stream.kafka, stream.env["METERS_TEST_TELEMETRY"], reports(stream), REPORTS / 20
+            )
         )
         await eventually(lambda: at_least(stream, REPORTS // 5), timeout=300, interval=0.5)
         second = stream.spawn("second")

@@ -11,7 +11,10 @@ same run:
   readings with ``insert_many`` and publishes the events; timed from the worker's start until
   every report is flushed (acknowledged);
 - latency: reports sent at half the measured rate; end-to-end time from a report's
-  ``sent_at`` to its ``ReadingAccepted`` on ``meters.events`` (p50, p99).
+  ``sent_at`` to its ``ReadingAccepted`` on ``meters.events`` (p50, p99);
+- scale-out: the same backlog decided again by one worker process, then by two (each its own
+  consumer group and database), timed from the first persisted reading to the last: the
+  two-worker rate and its ratio to one (``BENCH_WORKERS=0`` skips it).
 Each figure on a ``BENCH <name> <value> <unit>`` line. Bounded: fixed counts, a time limit.
 Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` and ``FLEETDESK_TEST_MONGO_URL`` when both are set
 (security from ``FLEETDESK_KAFKA_*``), else local servers (SASL, as the super user).
@@ -23,7 +26,9 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,13 +50,15 @@ from shared.config import KafkaSettings, MongoSettings  # noqa: E402
 from shared.contracts import DEVICES, ORGANISATIONS, DeviceState, OrganisationState  # noqa: E402
 from shared.store import Mongo  # noqa: E402
 from tests.perf.servers import run_bench  # noqa: E402
-from tests.support import eventually  # noqa: E402
+from tests.support import eventually, kafka_environment  # noqa: E402
 
 REPORTS = int(os.environ.get("BENCH_REPORTS", "200000"))
 DEVICES_N = int(os.environ.get("BENCH_DEVICES", "100000"))
 LATENCY_SECONDS = float(os.environ.get("BENCH_LATENCY_SECONDS", "10"))
 INGEST_SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "600"))
-LIMIT_SECONDS = 1500
+PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "6"))
+WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
+LIMIT_SECONDS = 2400
 
 
 def bench(name: str, value: float, unit: str) -> None:
@@ -63,7 +70,7 @@ async def _topic(kafka: KafkaSettings) -> str:
     admin = AIOKafkaAdminClient(**kafka.client_options())
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, 3, 1)])
+        await admin.create_topics([NewTopic(name, PARTITIONS, 1)])
     finally:
         await admin.close()
     return name
@@ -122,7 +129,7 @@ async def baseline(kafka: KafkaSettings, topic: str, mongo: Mongo) -> float:
     seen = 0
     started = time.perf_counter()
     try:
-        consumer.assign([TopicPartition(topic, p) for p in range(3)])
+        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
         while seen < REPORTS:
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             docs = [
@@ -142,15 +149,19 @@ async def latency(
     kafka: KafkaSettings, telemetry: str, serials: list[str], rate: float, since_ms: int
 ) -> list[float]:
     """Send at ``rate`` for a while; seconds from sent_at to ReadingAccepted per reading."""
-    sim = Simulator(serials[: max(1, int(rate * LATENCY_SECONDS))], Odds(0, 0, 0, 0), seed=11)
-    count = int(rate * LATENCY_SECONDS)
+    count = max(1, min(len(serials), int(rate * LATENCY_SECONDS)))
+    sim = Simulator(serials[:count], Odds(0, 0, 0, 0), seed=11)
+    for device in sim.devices:  # the same devices, later: every counter above the backlog's
+        device.counters = {name: value + 10_000_000 for name, value in device.counters.items()}
     consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None, auto_offset_reset="latest")
     await consumer.start()
-    tps = [TopicPartition("meters.events", p) for p in range(3)]
+    # meters.events as the platform's topic setup made it (ensure_topics with these settings)
+    tps = [TopicPartition("meters.events", p) for p in range(kafka.partitions)]
     consumer.assign(tps)
     for tp in tps:
         consumer.seek(tp, (await consumer.end_offsets([tp]))[tp])
     samples: list[float] = []
+    seen: dict[str, int] = {}
     sender = asyncio.create_task(produce(kafka, telemetry, sim.stream(count), rate))
     deadline = time.monotonic() + LATENCY_SECONDS + 60
     try:
@@ -159,6 +170,8 @@ async def latency(
             now = time.time()
             for records in batch.values():
                 for r in records:
+                    kind = dict(r.headers or ()).get("event_type", b"?").decode()
+                    seen[kind] = seen.get(kind, 0) + 1
                     if (r.headers or ()) and r.timestamp >= since_ms:
                         body = json.loads(r.value)
                         if body.get("source") == "emaintenance" and body["counters"]:
@@ -167,7 +180,69 @@ async def latency(
         await sender
     finally:
         await consumer.stop()
+    print(f"latency: {count} reports sent at {rate:.0f}/s; events seen {seen}", flush=True)
     return samples
+
+
+def spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A meters ingestion worker process (the one the crash and scale-out tests run)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.meters_worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+async def workers_rate(
+    kafka: KafkaSettings, mongo_url: str, topics: tuple[str, str], workers: int, expected: int
+) -> float | None:
+    """The backlog decided by ``workers`` worker processes of a new consumer group: readings/s
+    from the first persisted reading to the ``expected``-th; None if not done in time."""
+    token = secrets.token_hex(3)
+    settings = MongoSettings(url=mongo_url, database_prefix="benchw" + token)
+    logs = Path(tempfile.mkdtemp(prefix="fleetdesk-bench-workers-"))
+    env = {
+        **os.environ,
+        **kafka_environment(kafka),
+        "FLEETDESK_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "FLEETDESK_KAFKA_PARTITIONS": str(PARTITIONS),
+        "FLEETDESK_MONGO_URL": mongo_url,
+        "FLEETDESK_MONGO_DATABASE_PREFIX": settings.database_prefix,
+        "FLEETDESK_METERS_STALE_CHECK_INTERVAL_SECONDS": "3600",
+        "FLEETDESK_METERS_DATA_DIR": str(logs),
+        "METERS_TEST_APP_ID": "meters.benchw-" + token,
+        "METERS_TEST_TELEMETRY": topics[0],
+        "METERS_TEST_COMMANDS": topics[1],
+    }
+    procs = [spawn_worker(env, logs / f"worker-{i}.log") for i in range(workers)]
+    first: tuple[float, int] | None = None
+    try:
+        async with Mongo(settings, "meters") as mongo:
+            readings = mongo.db["readings"]
+            give_up = time.monotonic() + INGEST_SECONDS + 120
+            while time.monotonic() < give_up:
+                found = await readings.count_documents({})
+                now = time.perf_counter()
+                if found and first is None:
+                    first = (now, found)
+                if first is not None and found >= expected:
+                    return (found - first[1]) / max(now - first[0], 1e-3)
+                await asyncio.sleep(0.25)
+            print(f"{workers} worker(s): not done in time; logs in {logs}", flush=True)
+            return None
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 async def _done(ingestor: Ingestor) -> bool:
@@ -187,7 +262,9 @@ async def run(kafka: KafkaSettings, mongo_url: str) -> None:
 
     mongo_settings = MongoSettings(url=mongo_url, database_prefix="bench" + secrets.token_hex(3))
     ingest = IngestSettings(data_dir=tempfile.mkdtemp(prefix="fleetdesk-bench-faust-"))
-    settings = MetersSettings(kafka=kafka, mongo=mongo_settings, ingest=ingest)
+    # The worker's table (its changelog) has as many partitions as the inputs it follows.
+    worker_kafka = kafka.model_copy(update={"partitions": PARTITIONS})
+    settings = MetersSettings(kafka=worker_kafka, mongo=mongo_settings, ingest=ingest)
     async with Mongo(mongo_settings, "meters") as mongo, Publisher(kafka, "meters") as publisher:
         base = await baseline(kafka, telemetry, mongo)
         bench("meters_baseline_consume_insert_many", base, "reports/s")
@@ -238,6 +315,16 @@ async def run(kafka: KafkaSettings, mongo_url: str) -> None:
                     samples[int(len(samples) * 0.99) - 1] * 1000,
                     "ms",
                 )
+                bench("meters_latency_samples", len(samples), "readings")
+    if WORKERS >= 2:
+        one = await workers_rate(kafka, mongo_url, (telemetry, commands), 1, readings)
+        two = await workers_rate(kafka, mongo_url, (telemetry, commands), WORKERS, readings)
+        if one:
+            bench("meters_one_worker_process", one, "readings/s")
+        if two:
+            bench(f"meters_{WORKERS}_worker_processes", two, "readings/s")
+        if one and two:
+            bench(f"meters_{WORKERS}_workers_vs_one", two / one, "ratio")
 
 
 def main() -> int:

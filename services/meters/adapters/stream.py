@@ -6,18 +6,22 @@ to one worker, and the per-device state lives in a faust Table co-partitioned wi
 device has exactly one writer, whatever the interleaving of its inputs.
 
 Durability, in order:
-1. Each input is decided against the table inside stream iteration (so the changelog record
-   goes to the input's partition, which is the key's partition), and its outputs (readings,
-   decisions on submissions, events) are buffered; events are not acknowledged yet (``noack``).
+1. Each input is decided against the device's newest state: the batch's own (not yet written)
+   state for that device if it has one, else the table. The new state and the outputs
+   (readings, decisions on submissions, events) are buffered; the input is not acknowledged
+   yet (``noack``).
 2. A flush writes the readings with ``insert_many`` (ids derived from the input's position, so
-   a re-delivery inserts nothing), then the decisions, then publishes the events, and only
-   then acknowledges the inputs; faust commits acknowledged offsets after flushing its
-   producer (the changelog).
-3. The changelog can therefore be *ahead* of the committed offsets, never behind. To make a
-   re-delivery replay the original decision instead of deciding again against newer state,
-   the state records the last offset decided per input topic and the outputs not yet known to
-   be durable (``unconfirmed``); a re-delivered input re-emits its own outputs (idempotent by
-   id) and nothing else. Outputs older than the last flush are pruned as the device is seen.
+   a re-delivery inserts nothing), then the decisions, then publishes the events; *then* it
+   writes each changed device's state to the table, one changelog record per device per batch,
+   sent to the partition of the input it came from (the key's partition, whatever faust's
+   current event is); and only then acknowledges the inputs. faust commits acknowledged
+   offsets after flushing its producer (the changelog), and a rebalance waits for every
+   delivered input to be acknowledged before it hands a partition over.
+3. So the changelog is never ahead of the outputs: a state in the table was decided from inputs
+   whose outputs are durable. The state records the last offset decided per input topic; an
+   input at or below it is a re-delivery whose outputs are already written, and is dropped.
+   An input whose state was not written yet is decided again, after a crash, against the same
+   older state: the same decision, the same ids, nothing doubled.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -134,7 +139,8 @@ class Batch:
     decisions: list[Document] = field(default_factory=list)
     events: list[Document] = field(default_factory=list)
     inputs: list[Any] = field(default_factory=list)  # faust events to acknowledge
-    watermarks: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Each device's state after this batch, and the partition its changelog record goes to.
+    states: dict[bytes, tuple[int, Document]] = field(default_factory=dict)
     urgent: bool = False
 
     def __len__(self) -> int:
@@ -188,8 +194,12 @@ class Ingestor:
             partitions=None,
         )
         self._batch = Batch()
+        self._flushing: dict[bytes, tuple[int, Document]] = {}  # states being written now
+        self._due = asyncio.Event()
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_cache: dict[tuple[str, bytes], int] = {}
+        self._partitioner = DefaultPartitioner()
         self._lock = asyncio.Lock()
-        self._durable: dict[tuple[str, int], int] = {}
         self._stale_pending: set[bytes] = set()
         self.flushed = 0
         source = app.topic(
@@ -255,10 +265,11 @@ class Ingestor:
                 self._dead_letter(event, f"{type(exc).__name__}: {exc}")
             # Every input is acknowledged by the flush that makes its outputs durable.
             self._batch.inputs.append(event)
-            self._mark(event.message)
             batch = self._batch
             if batch.urgent or len(batch) >= self.settings.batch_size:
-                await self._flush_until_done()
+                self._due.set()  # the flusher writes it while the stream goes on deciding
+                if len(batch) >= 2 * self.settings.batch_size:
+                    await self._flush_until_done()  # the flusher is behind: wait for it
 
     async def _flush_until_done(self) -> None:
         """Infrastructure failures (MongoDB, the broker) are retried, never skipped: the
@@ -281,12 +292,10 @@ class Ingestor:
         if key is None:
             self._dead_letter(event, "no key: messages must be keyed by serial")
             return
-        raw = self.table.get(key)
-        memory = DeviceMemory.from_dict(raw)
+        memory = DeviceMemory.from_dict(self._state(key))
         if memory.positions.get(tag, -1) >= msg.offset:
-            self._replay(event, memory, position)
+            self.stats.replayed += 1  # decided before, its outputs durable: nothing to do
             return
-        self._prune(memory, msg.partition)
         headers = {k: bytes(v).decode(errors="replace") for k, v in (msg.headers or ())}
         if tag == "t":
             decision, outputs = self._telemetry(event, key, position, memory)
@@ -296,31 +305,16 @@ class Ingestor:
             return
         after = decision.memory
         after.positions = {**memory.positions, tag: msg.offset}
-        after.unconfirmed = [*memory.unconfirmed, *outputs]
-        if len(after.unconfirmed) > self.settings.max_unconfirmed:
-            # Bounded: the oldest were certainly flushed by now (a flush is due long before).
-            after.unconfirmed = after.unconfirmed[-self.settings.max_unconfirmed :]
-        self.table[key] = after.to_dict()
+        self._batch.states[key] = (msg.partition, after.to_dict())
         self._add_outputs(outputs)
 
-    def _mark(self, msg: Any) -> None:
-        tp = (msg.topic, msg.partition)
-        self._batch.watermarks[tp] = max(self._batch.watermarks.get(tp, -1), msg.offset)
-
-    def _prune(self, memory: DeviceMemory, partition: int) -> None:
-        if not memory.unconfirmed:
-            return
-        memory.unconfirmed = [
-            o
-            for o in memory.unconfirmed
-            if o["offset"] >= self._durable.get((o["topic"], partition), -1)
-        ]
-
-    def _replay(self, event: Any, memory: DeviceMemory, position: str) -> None:
-        """A re-delivered input: its decision stands; re-emit its outputs (idempotent)."""
-        outputs = [o for o in memory.unconfirmed if o["position"] == position]
-        self.stats.replayed += 1
-        self._add_outputs(outputs)
+    def _state(self, key: bytes) -> Document | None:
+        """The device's newest state: this batch's, the one being flushed, or the table's."""
+        pending = self._batch.states.get(key) or self._flushing.get(key)
+        if pending is not None:
+            return pending[1]
+        raw: Document | None = self.table.get(key)
+        return raw
 
     def _add_outputs(self, outputs: Iterable[Document]) -> None:
         for out in outputs:
@@ -553,14 +547,19 @@ class Ingestor:
     # --- flushing ---------------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
+        """Flushes a batch when it is full or urgent, or after the interval; one at a time, in
+        order, while the stream decides the next batch."""
         interval = self.settings.flush_interval_ms / 1000
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), interval)
+            self._due.clear()
             if len(self._batch):
                 try:
                     await self.flush()
                 except Exception as exc:  # retried next round; nothing was acknowledged
                     log.error("flush failed; retrying", error=repr(exc))
+                    await asyncio.sleep(interval)
 
     async def flush(self) -> None:
         """Readings, decisions, events: durable in that order; then acknowledge the inputs."""
@@ -568,16 +567,20 @@ class Ingestor:
             batch, self._batch = self._batch, Batch()
             if not len(batch):
                 return
+            self._flushing = batch.states
             try:
                 await self._write(batch)
+                # The outputs are durable: now the states they came from (acknowledged by the
+                # broker before the inputs are), then the acknowledgement of the inputs.
+                await self._write_states(batch.states)
             except BaseException:
                 # Put it back in front: retried by the next flush, never acknowledged unwritten.
                 self._batch = _merge(batch, self._batch)
                 raise
+            finally:
+                self._flushing = {}
             for event in batch.inputs:
                 event.ack()
-            for tp, offset in batch.watermarks.items():
-                self._durable[tp] = max(self._durable.get(tp, -1), offset + 1)
             self.flushed += len(batch)
             for doc in batch.decisions:
                 d = doc["doc"]
@@ -594,8 +597,7 @@ class Ingestor:
             await insert_ignoring_duplicates(
                 self.db[DECISIONS], [decision_doc(o["doc"]) for o in batch.decisions]
             )
-        producer = self._producer or self.publisher.producer
-        futures: list[Awaitable[Any]] = []
+        records: list[Record] = []
         for out in batch.events:
             headers = Envelope(
                 event_id=out["event_id"],
@@ -603,16 +605,70 @@ class Ingestor:
                 producer=self.publisher.service,
                 correlation_id=out.get("correlation_id"),
             ).to_headers()
-            futures.append(
-                await producer.send(
-                    out["target"],
-                    value=json.dumps(out["payload"]).encode(),
-                    key=out["key"].encode(),
-                    headers=headers,
-                )
-            )
-        if futures:
-            await asyncio.gather(*futures)
+            key = out["key"].encode()
+            target = out["target"]
+            partition = await self._partition_for(target, key)
+            records.append((target, partition, key, json.dumps(out["payload"]).encode(), headers))
+        await self._send_records(records)
+
+    async def _write_states(self, states: dict[bytes, tuple[int, Document]]) -> None:
+        """Each device's state into the table and its changelog record onto the partition of
+        the input it was decided from (the key's partition on the co-partitioned inputs)."""
+        if not states:
+            return
+        table = self.table
+        changelog = table.changelog_topic.get_topic_name()
+        records: list[Record] = []
+        for key, (partition, state) in states.items():
+            records.append((changelog, partition, key, json.dumps(state).encode(), []))
+        await self._send_records(records)
+        for key, (_, state) in states.items():
+            table.data[key] = state
+
+    async def _partition_for(self, topic: str, key: bytes) -> int:
+        """The producer's default partitioner (murmur2, as every Kafka client), cached per key:
+        computing it in Python for each event costs more than the rest of the send."""
+        cached = self._partition_cache.get((topic, key))
+        if cached is not None:
+            return cached
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            producer = self._events_producer()
+            partitions = sorted(await producer.partitions_for(topic))
+            self._partitions[topic] = partitions
+        partition: int = self._partitioner(key, partitions, partitions)
+        if len(self._partition_cache) >= 2_000_000:
+            self._partition_cache.clear()
+        self._partition_cache[(topic, key)] = partition
+        return partition
+
+    def _events_producer(self) -> AIOKafkaProducer:
+        return self._producer or self.publisher.producer
+
+    async def _send_records(self, records: list[Record]) -> None:
+        """Records grouped into one batch per partition (``send_batch``: far less work per
+        record than one ``send`` each); returns when the broker has every one (acks=all)."""
+        if not records:
+            return
+        producer = self._events_producer()
+        groups: dict[tuple[str, int], list[Record]] = {}
+        for record in records:
+            groups.setdefault((record[0], record[1]), []).append(record)
+        futures: list[Awaitable[Any]] = []
+        for (topic, partition), group in groups.items():
+            builder = producer.create_batch()
+            for _, _, key, value, headers in group:
+                if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    futures.append(await producer.send_batch(builder, topic, partition=partition))
+                    builder = producer.create_batch()
+                    if (
+                        builder.append(key=key, value=value, timestamp=None, headers=headers)
+                        is None
+                    ):
+                        raise ValueError(f"a record for {topic} is larger than a batch")
+            if builder.record_count():
+                futures.append(await producer.send_batch(builder, topic, partition=partition))
+        await asyncio.gather(*futures)
 
     # --- staleness --------------------------------------------------------------------------
 
@@ -642,17 +698,14 @@ class Ingestor:
 
 
 def _merge(first: Batch, then: Batch) -> Batch:
-    merged = Batch(
+    return Batch(
         readings=first.readings + then.readings,
         decisions=first.decisions + then.decisions,
         events=first.events + then.events,
         inputs=first.inputs + then.inputs,
+        states={**first.states, **then.states},  # the newer state of a device wins
         urgent=first.urgent or then.urgent,
     )
-    for wm in (first.watermarks, then.watermarks):
-        for tp, offset in wm.items():
-            merged.watermarks[tp] = max(merged.watermarks.get(tp, -1), offset)
-    return merged
 
 
 def _event_output(
@@ -683,5 +736,8 @@ def _short(exc: ValidationError) -> str:
     parts = [f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()]
     return "; ".join(parts)[:1000]
 
+
+Record = tuple[str, int, bytes, bytes, list[tuple[str, bytes]]]
+"""topic, partition, key, value, headers"""
 
 IngestorFactory = Callable[[faust.App], Ingestor]

@@ -84,9 +84,9 @@ class DeviceMemory:
     last_seen: float | None = None
     errors: list[str] = field(default_factory=list)
     stale: bool = False
-    # Adapter bookkeeping carried with the state (see services.meters.adapters.stream).
+    # Adapter bookkeeping carried with the state: the last offset decided per input topic
+    # (see services.meters.adapters.stream).
     positions: dict[str, int] = field(default_factory=dict)
-    unconfirmed: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,7 +98,6 @@ class DeviceMemory:
             "errors": self.errors,
             "stale": self.stale,
             "positions": self.positions,
-            "unconfirmed": self.unconfirmed,
         }
 
     @classmethod
@@ -114,7 +113,6 @@ class DeviceMemory:
             errors=list(raw.get("errors") or []),
             stale=bool(raw.get("stale", False)),
             positions=dict(raw.get("positions") or {}),
-            unconfirmed=list(raw.get("unconfirmed") or []),
         )
 
 
