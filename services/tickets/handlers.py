@@ -27,8 +27,10 @@ from services.tickets.core.routing import TechnicianProfile
 from services.tickets.ports import Outgoing, TicketStore
 from shared.auth import Principal, can_manage_device, can_see_device
 from shared.contracts import (
+    DEVICE_COMMANDS,
     TICKET_EVENTS,
     TICKET_TIMERS,
+    DeviceRemovalRequested,
     Role,
     TicketAssigned,
     TicketCategory,
@@ -316,6 +318,10 @@ async def change_status(cmd: ChangeStatus, principal: Principal, deps: Deps) -> 
         raise Refused(str(exc)) from exc
     except machine.TransitionRefused as exc:
         raise Conflict(str(exc)) from exc
+    removal = ticket.category is TicketCategory.DEVICE_REMOVAL and cmd.target is S.RESOLVED
+    if removal and actor is not machine.Actor.AGENT:
+        # Resolving it removes the device: only the service centre's agents remove devices.
+        raise Refused("only an agent resolves a device-removal ticket (it removes the device)")
     now = deps.now()
     before = _timer_key(ticket)
     old = ticket.status
@@ -354,10 +360,39 @@ async def change_status(cmd: ChangeStatus, principal: Principal, deps: Deps) -> 
             ),
         )
     ]
+    if removal and ticket.device_id:
+        events.append(_removal_command(ticket, principal.user_id, cmd.note))
+        ticket.note(
+            now,
+            principal.user_id,
+            "removal",
+            "the devices service was asked to remove the device",
+            device_id=ticket.device_id,
+        )
     await _save(ticket, deps, before, events)
     if not ticket.is_open and ticket.fault_key:
         await deps.store.release_fault(ticket.fault_key, ticket.ticket_id)
     return ticket
+
+
+def _removal_command(ticket: Ticket, agent_id: str, note: str) -> Outgoing:
+    """The command that removes the ticket's device: in the ticket's outbox, like its events,
+    so it reaches ``devices.commands`` exactly when the resolution is stored."""
+    assert ticket.device_id is not None
+    reason = f"device-removal ticket {ticket.ticket_id} resolved"
+    if note.strip():
+        reason += f": {note.strip()}"
+    return (
+        DEVICE_COMMANDS,
+        ticket.device_id,
+        DeviceRemovalRequested(
+            device_id=ticket.device_id,
+            org_id=ticket.org_id,
+            ticket_id=ticket.ticket_id,
+            requested_by=agent_id,
+            reason=reason[:1000],
+        ),
+    )
 
 
 async def add_comment(ticket_id: str, text: str, principal: Principal, deps: Deps) -> Ticket:

@@ -16,6 +16,8 @@ from services.tickets.core.routing import Place, TechnicianProfile
 from services.tickets.core.timers import TicketTimers, TimerHeap, TimerKind
 from shared.auth import Principal
 from shared.contracts import (
+    DEVICE_COMMANDS,
+    DeviceRemovalRequested,
     Role,
     SlaKind,
     TicketAssigned,
@@ -219,6 +221,43 @@ async def test_working_on_an_offered_ticket_accepts_the_offer() -> None:
     clock.now += timedelta(seconds=61)
     assert not await handlers.expire_offer(tid, offer.offer_id, d)
     assert store.tickets[tid].assignee == "anna"
+
+
+async def test_only_an_agent_resolving_a_removal_ticket_asks_devices_to_remove() -> None:
+    store, _, d = _world(hel(2026, 11, 26, 9))
+    store.roles["anna"], store.techs["anna"] = Role.TECHNICIAN, ANNA
+    cmd = handlers.CreateTicket("dev1", TicketCategory.DEVICE_REMOVAL, "take it", created_by="adm")
+    ticket = await handlers.create_ticket(cmd, d, DEVICE)
+    assert ticket is not None and ticket.assignee == "anna"
+    tid = ticket.ticket_id
+    anna = Principal("anna", None, Role.TECHNICIAN)
+    await handlers.change_status(handlers.ChangeStatus(tid, S.IN_PROGRESS), anna, d)
+    for who in (anna, ADMIN):  # the assignee may resolve other tickets; a customer none
+        with pytest.raises(handlers.Refused):
+            await handlers.change_status(handlers.ChangeStatus(tid, S.RESOLVED), who, d)
+    assert not [e for _, _, e in store.events if isinstance(e, DeviceRemovalRequested)]
+    done = await handlers.change_status(
+        handlers.ChangeStatus(tid, S.RESOLVED, "picked up"), AGENT, d
+    )
+    commands = [(t, k, e) for t, k, e in store.events if isinstance(e, DeviceRemovalRequested)]
+    assert commands == [
+        (
+            DEVICE_COMMANDS,
+            "dev1",
+            DeviceRemovalRequested(
+                device_id="dev1",
+                org_id="org1",
+                ticket_id=tid,
+                requested_by=AGENT.user_id,
+                reason=f"device-removal ticket {tid} resolved: picked up",
+            ),
+        )
+    ]
+    assert [e.kind for e in done.timeline][-2:] == ["status", "removal"]
+    # Another category resolved by an agent sends nothing.
+    other = await _create(d)
+    await handlers.change_status(handlers.ChangeStatus(other, S.RESOLVED), AGENT, d)
+    assert len([e for _, _, e in store.events if isinstance(e, DeviceRemovalRequested)]) == 1
 
 
 async def test_who_sees_a_ticket() -> None:
