@@ -361,7 +361,8 @@ async def change_status(cmd: ChangeStatus, principal: Principal, deps: Deps) -> 
         )
     ]
     if removal and ticket.device_id:
-        events.append(_removal_command(ticket, principal.user_id, cmd.note))
+        # First in the outbox: whoever sees the resolution on tickets.events may rely on it.
+        events.insert(0, _removal_command(ticket, principal.user_id, cmd.note))
         ticket.note(
             now,
             principal.user_id,
