@@ -363,6 +363,44 @@ async def test_out_of_hours_ticket_is_told_the_next_opening(fleet: Fleet) -> Non
     assert datetime.fromisoformat(created[0]["due_at"]) == expected + timedelta(days=21, hours=2)
 
 
+async def test_a_customer_comment_resumes_a_waiting_ticket(fleet: Fleet) -> None:
+    org = await fleet.create_org()
+    device = await fleet.add_device(org)
+    admin = await fleet.admin(org)
+    agent = auth(await fleet.agent())
+    ticket = (await file_ticket(fleet, admin.token, device)).json()
+    url = _t(fleet, f"/tickets/{ticket['ticket_id']}")
+    for target in ("in_progress", "waiting_for_customer"):
+        moved = await fleet.http.post(url + "/status", json={"status": target}, headers=agent)
+        assert moved.status_code == 200, moved.text
+    assert moved.json()["sla"]["paused"] is True
+    # The agent's comment leaves it waiting; the customer's answer resumes it.
+    asked = await fleet.http.post(url + "/comments", json={"text": "Which tray?"}, headers=agent)
+    assert asked.status_code == 201 and asked.json()["status"] == "waiting_for_customer"
+    answered = await fleet.http.post(
+        url + "/comments", json={"text": "Tray 2"}, headers=auth(admin.token)
+    )
+    assert answered.status_code == 201, answered.text
+    body = answered.json()
+    assert body["status"] == "in_progress" and body["sla"]["paused"] is False
+    assert body["sla"]["paused_seconds"] > 0
+    last = body["timeline"][-1]
+    assert last["kind"] == "status" and last["by"] == admin.user_id
+    assert last["data"] == {"old": "waiting_for_customer", "new": "in_progress"}
+
+    async def resumed() -> list[dict[str, object]]:
+        changes = await records_with_key(
+            fleet.p.kafka_bootstrap,
+            TICKET_EVENTS.name,
+            ticket["ticket_id"],
+            "tickets.ticket-status-changed",
+        )
+        return [c for c in changes if c["old_status"] == "waiting_for_customer"]
+
+    (change,) = await eventually(resumed, timeout=20, what="the resumption published")
+    assert change["new_status"] == "in_progress" and change["changed_by"] == admin.user_id
+
+
 async def _fabricated_device(fleet: Fleet, org: Org, postal: str, family: str) -> str:
     """A device with a location and model family, as the devices service would publish it."""
     device_id = unique("dev")
