@@ -137,9 +137,12 @@ async def resolve_calendar(store: TicketStore, policy: Policy, device: DeviceInf
     return policy.default_calendar
 
 
-async def route(ticket: Ticket, deps: Deps, now: datetime, why: str) -> list[Outgoing]:
+async def route(
+    ticket: Ticket, deps: Deps, now: datetime, why: str, device: DeviceInfo | None = None
+) -> list[Outgoing]:
     """Offer the ticket to the best matching technician, or leave it unassigned; say why."""
-    device = await deps.store.device(ticket.device_id) if ticket.device_id else None
+    if device is None and ticket.device_id:
+        device = await deps.store.device(ticket.device_id)
     place = routing.Place(
         postal_code=device.postal_code if device else "",
         region=device.region if device else "",
@@ -277,7 +280,7 @@ async def create_ticket(cmd: CreateTicket, deps: Deps, device: DeviceInfo) -> Ti
         f"{cmd.category} ticket filed; the SLA clock starts {when}",
         clock_starts_at=starts.isoformat(),
     )
-    events = await route(ticket, deps, now, "new ticket")
+    events = await route(ticket, deps, now, "new ticket", device)
     refresh_sla(ticket, deps.policy)
     assert ticket.sla.due_at is not None
     created = (
