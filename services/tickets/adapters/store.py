@@ -193,18 +193,17 @@ class MongoTicketStore:
             payload = doc.get("payload") or {}
             kind = doc["kind"]
             due = payload.get("due_at")
-            text = (
-                f"SLA {kind}: the response is due {due}"
-                if kind == "warning"
-                else (f"SLA breach: the response was due {due}")
-            )
+            if kind == "warning":
+                text = f"SLA warning: the response is due {due}"
+            else:
+                text = f"SLA breach: the response was due {due}"
             out.setdefault(doc["ticket_id"], []).append(
                 TimelineEntry(
                     at=payload.get("fired_at") or doc["deadline"],
                     by=None,
                     kind="sla",
                     text=text,
-                    data={"escalation": kind, "deadline": payload.get("due_at")},
+                    data={"escalation": kind, "deadline": due},
                 )
             )
         return out
