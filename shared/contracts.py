@@ -220,6 +220,20 @@ class SupplyOrderRaised(Event):
     raised_at: AwareDatetime = Field(description="When the order was raised.")
 
 
+class DeviceRemovalRequested(Event):
+    """A command: remove a device (key = device_id). Tickets sends it when an agent resolves a
+    device-removal ticket; devices removes the device (once: a removed or unknown device is a
+    no-op) and records who asked and why on the device's history."""
+
+    event_type = "devices.device-removal-requested"
+
+    device_id: str = Field(description="The device to remove.")
+    org_id: str = Field(description="Its organisation (checked against the device's).")
+    ticket_id: str = Field(description="The ticket that asked for the removal.")
+    requested_by: str = Field(description="User id of the agent who resolved the ticket.")
+    reason: str = Field("", max_length=1000, description="Why (the ticket's resolution note).")
+
+
 # --- meters ---------------------------------------------------------------------------------
 
 
@@ -585,6 +599,15 @@ DEVICE_EVENTS = Topic(
     writers=("devices",),
     readers=("notify",),
 )
+DEVICE_COMMANDS = Topic(
+    "devices.commands",
+    "Commands to the devices service from other services: removals asked for by resolved "
+    "device-removal tickets. Keyed by device: one consumer applies a device's commands in order.",
+    "device_id",
+    (DeviceRemovalRequested,),
+    writers=("devices", "tickets"),
+    readers=("devices",),
+)
 METER_EVENTS = Topic(
     "meters.events",
     "Accepted readings, refused (anomalous) readings, faults reported in telemetry, stale devices.",
@@ -652,6 +675,7 @@ CATALOGUE: tuple[Topic, ...] = (
     IDENTITY_NOTIFICATIONS,
     DEVICES,
     DEVICE_EVENTS,
+    DEVICE_COMMANDS,
     METER_EVENTS,
     METER_COMMANDS,
     TICKET_EVENTS,

@@ -1,7 +1,8 @@
 """Builds the devices service inside async context managers: nothing connects at import.
 
 Consumer groups: ``devices.projections`` (organisations, and users with the assignments they
-reveal) and ``devices.telemetry`` (toner levels, a batch handler). Outbox collections:
+reveal), ``devices.telemetry`` (toner levels, a batch handler) and ``devices.commands``
+(removals asked for by other services). Outbox collections:
 ``devices`` (``devices.devices.state``) and ``supply_orders`` (``devices.events``).
 """
 
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.devices.adapters import http
+from services.devices.adapters.commands import commands_subscription
 from services.devices.adapters.directory import Directory, run_follower
 from services.devices.adapters.identity_users import users_handler
 from services.devices.adapters.store import (
@@ -92,6 +94,8 @@ def build_app(settings: DevicesSettings | None = None) -> FastAPI:
             group=GROUP,
             batch_handlers={contracts.TELEMETRY.name: telemetry_handler(db, wiring, settings)},
         )
+        # Removals asked for by other services (a resolved device-removal ticket).
+        yield commands_subscription(repo)
 
     async def setup(app: FastAPI, runtime: Runtime) -> Callable[[], Awaitable[None]]:
         wiring.nudge = runtime.relay.nudge

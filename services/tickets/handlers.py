@@ -27,8 +27,10 @@ from services.tickets.core.routing import TechnicianProfile
 from services.tickets.ports import Outgoing, TicketStore
 from shared.auth import Principal, can_manage_device, can_see_device
 from shared.contracts import (
+    DEVICE_COMMANDS,
     TICKET_EVENTS,
     TICKET_TIMERS,
+    DeviceRemovalRequested,
     Role,
     TicketAssigned,
     TicketCategory,
@@ -135,9 +137,12 @@ async def resolve_calendar(store: TicketStore, policy: Policy, device: DeviceInf
     return policy.default_calendar
 
 
-async def route(ticket: Ticket, deps: Deps, now: datetime, why: str) -> list[Outgoing]:
+async def route(
+    ticket: Ticket, deps: Deps, now: datetime, why: str, device: DeviceInfo | None = None
+) -> list[Outgoing]:
     """Offer the ticket to the best matching technician, or leave it unassigned; say why."""
-    device = await deps.store.device(ticket.device_id) if ticket.device_id else None
+    if device is None and ticket.device_id:
+        device = await deps.store.device(ticket.device_id)
     place = routing.Place(
         postal_code=device.postal_code if device else "",
         region=device.region if device else "",
@@ -275,7 +280,7 @@ async def create_ticket(cmd: CreateTicket, deps: Deps, device: DeviceInfo) -> Ti
         f"{cmd.category} ticket filed; the SLA clock starts {when}",
         clock_starts_at=starts.isoformat(),
     )
-    events = await route(ticket, deps, now, "new ticket")
+    events = await route(ticket, deps, now, "new ticket", device)
     refresh_sla(ticket, deps.policy)
     assert ticket.sla.due_at is not None
     created = (
@@ -316,29 +321,48 @@ async def change_status(cmd: ChangeStatus, principal: Principal, deps: Deps) -> 
         raise Refused(str(exc)) from exc
     except machine.TransitionRefused as exc:
         raise Conflict(str(exc)) from exc
+    removal = ticket.category is TicketCategory.DEVICE_REMOVAL and cmd.target is S.RESOLVED
+    if removal and actor is not machine.Actor.AGENT:
+        # Resolving it removes the device: only the service centre's agents remove devices.
+        raise Refused("only an agent resolves a device-removal ticket (it removes the device)")
     now = deps.now()
     before = _timer_key(ticket)
+    events = _move(ticket, cmd.target, principal, actor, cmd.note, now)
+    await _save(ticket, deps, before, events)
+    if not ticket.is_open and ticket.fault_key:
+        await deps.store.release_fault(ticket.fault_key, ticket.ticket_id)
+    return ticket
+
+
+def _move(
+    ticket: Ticket,
+    target: TicketStatus,
+    principal: Principal,
+    actor: machine.Actor,
+    note: str,
+    now: datetime,
+) -> list[Outgoing]:
+    """Apply an allowed status change (already checked) to ``ticket``; the events it implies."""
+    removal = ticket.category is TicketCategory.DEVICE_REMOVAL and target is S.RESOLVED
     old = ticket.status
-    if cmd.target is S.WAITING_FOR_CUSTOMER:
+    if target is S.WAITING_FOR_CUSTOMER:
         ticket.resume_to = old
         ticket.sla.pauses.append(PauseModel(start=now))
     if old is S.WAITING_FOR_CUSTOMER:
         ticket.resume_to = None
         if ticket.sla.pauses and ticket.sla.pauses[-1].end is None:
             ticket.sla.pauses[-1].end = now
-    if cmd.target in machine.RESPONDED and ticket.sla.responded_at is None:
+    if target in machine.RESPONDED and ticket.sla.responded_at is None:
         ticket.sla.responded_at = now
-    ticket.status = cmd.target
+    ticket.status = target
     offer = ticket.offer
     if offer is not None and not offer.accepted:
         if not ticket.is_open:
             ticket.offer = None
-        elif actor is machine.Actor.ASSIGNEE or cmd.target in machine.RESPONDED:
+        elif actor is machine.Actor.ASSIGNEE or target in machine.RESPONDED:
             # Working on it answers the offer: it must not lapse and re-route the ticket.
             ticket.offer = offer.model_copy(update={"accepted": True, "expires_at": None})
-    ticket.note(
-        now, principal.user_id, "status", cmd.note[:1000], old=str(old), new=str(cmd.target)
-    )
+    ticket.note(now, principal.user_id, "status", note[:1000], old=str(old), new=str(target))
     events: list[Outgoing] = [
         (
             TICKET_EVENTS,
@@ -349,15 +373,42 @@ async def change_status(cmd: ChangeStatus, principal: Principal, deps: Deps) -> 
                 device_id=ticket.device_id,
                 created_by=ticket.created_by,
                 old_status=old,
-                new_status=cmd.target,
+                new_status=target,
                 changed_by=principal.user_id,
             ),
         )
     ]
-    await _save(ticket, deps, before, events)
-    if not ticket.is_open and ticket.fault_key:
-        await deps.store.release_fault(ticket.fault_key, ticket.ticket_id)
-    return ticket
+    if removal and ticket.device_id:
+        # First in the outbox: whoever sees the resolution on tickets.events may rely on it.
+        events.insert(0, _removal_command(ticket, principal.user_id, note))
+        ticket.note(
+            now,
+            principal.user_id,
+            "removal",
+            "the devices service was asked to remove the device",
+            device_id=ticket.device_id,
+        )
+    return events
+
+
+def _removal_command(ticket: Ticket, agent_id: str, note: str) -> Outgoing:
+    """The command that removes the ticket's device: in the ticket's outbox, like its events,
+    so it reaches ``devices.commands`` exactly when the resolution is stored."""
+    assert ticket.device_id is not None
+    reason = f"device-removal ticket {ticket.ticket_id} resolved"
+    if note.strip():
+        reason += f": {note.strip()}"
+    return (
+        DEVICE_COMMANDS,
+        ticket.device_id,
+        DeviceRemovalRequested(
+            device_id=ticket.device_id,
+            org_id=ticket.org_id,
+            ticket_id=ticket.ticket_id,
+            requested_by=agent_id,
+            reason=reason[:1000],
+        ),
+    )
 
 
 async def add_comment(ticket_id: str, text: str, principal: Principal, deps: Deps) -> Ticket:
@@ -366,10 +417,34 @@ async def add_comment(ticket_id: str, text: str, principal: Principal, deps: Dep
         raise NotFound(ticket_id)
     if ticket.status is S.CLOSED:
         raise Conflict("a closed ticket takes no more comments")
+    now = deps.now()
     before = _timer_key(ticket)
-    ticket.note(deps.now(), principal.user_id, "comment", text)
-    await _save(ticket, deps, before, [])
+    ticket.note(now, principal.user_id, "comment", text)
+    events: list[Outgoing] = []
+    actor = actor_of(principal, ticket)
+    if ticket.status is S.WAITING_FOR_CUSTOMER and actor is machine.Actor.CUSTOMER:
+        # The customer's answer: the ticket resumes where it was (in progress, typically)
+        # and its SLA clock runs again.
+        target = ticket.resume_to or S.IN_PROGRESS
+        events = _move(ticket, target, principal, actor, "the customer answered", now)
+    await _save(ticket, deps, before, events)
     return ticket
+
+
+async def with_escalations(tickets: list[Ticket], deps: Deps) -> list[Ticket]:
+    """The tickets as shown: their SLA warnings and breaches on the timeline (by the system,
+    when they fired). Read from the once-only firing records, never written into the ticket,
+    so the timer owner never races a ticket's writers."""
+    fired = await deps.store.escalations([t.ticket_id for t in tickets])
+    shown = []
+    for ticket in tickets:
+        extra = fired.get(ticket.ticket_id)
+        if extra:
+            ticket = ticket.model_copy(
+                update={"timeline": sorted([*ticket.timeline, *extra], key=lambda e: e.at)}
+            )
+        shown.append(ticket)
+    return shown
 
 
 async def accept_offer(ticket_id: str, principal: Principal, deps: Deps) -> Ticket:

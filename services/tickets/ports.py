@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Protocol
 
 from services.tickets.core.kb import ArticleTokens
-from services.tickets.core.model import Article, CalendarSpec, DeviceInfo, Ticket
+from services.tickets.core.model import Article, CalendarSpec, DeviceInfo, Ticket, TimelineEntry
 from services.tickets.core.routing import TechnicianProfile
 from shared.contracts import Role, TicketStatus, Topic
 from shared.events import Event
@@ -53,6 +53,10 @@ class TicketStore(Protocol):
         ...
 
     async def list_tickets(self, flt: TicketFilter, limit: int) -> list[Ticket]: ...
+
+    async def escalations(self, ticket_ids: Sequence[str]) -> dict[str, list[TimelineEntry]]:
+        """The SLA warnings and breaches fired for these tickets, as timeline entries."""
+        ...
 
     # --- routing ---
     async def technicians(self) -> list[TechnicianProfile]: ...

@@ -1,11 +1,12 @@
 """Tickets end to end: who may do what (every cell asserted), the out-of-hours answer, routing
-with accept, decline and no answer, automatic fault tickets without duplicates, the knowledge
-base and what a ``kb_viewer`` may not do.
+with accept, decline and no answer, automatic fault tickets without duplicates, a resolved
+device-removal ticket removing its device, the knowledge base and what a ``kb_viewer`` may not do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +21,7 @@ from services.tickets.core.model import CalendarSpec
 from shared.bus import Publisher
 from shared.config import KafkaSettings
 from shared.contracts import (
+    DEVICE_COMMANDS,
     DEVICES,
     METER_EVENTS,
     TICKET_EVENTS,
@@ -28,7 +30,7 @@ from shared.contracts import (
     DeviceState,
 )
 from tests.e2e.flows import Fleet, Org, Platform, User, auth, records_with_key, unique
-from tests.support import eventually
+from tests.support import eventually, header, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -361,6 +363,44 @@ async def test_out_of_hours_ticket_is_told_the_next_opening(fleet: Fleet) -> Non
     assert datetime.fromisoformat(created[0]["due_at"]) == expected + timedelta(days=21, hours=2)
 
 
+async def test_a_customer_comment_resumes_a_waiting_ticket(fleet: Fleet) -> None:
+    org = await fleet.create_org()
+    device = await fleet.add_device(org)
+    admin = await fleet.admin(org)
+    agent = auth(await fleet.agent())
+    ticket = (await file_ticket(fleet, admin.token, device)).json()
+    url = _t(fleet, f"/tickets/{ticket['ticket_id']}")
+    for target in ("in_progress", "waiting_for_customer"):
+        moved = await fleet.http.post(url + "/status", json={"status": target}, headers=agent)
+        assert moved.status_code == 200, moved.text
+    assert moved.json()["sla"]["paused"] is True
+    # The agent's comment leaves it waiting; the customer's answer resumes it.
+    asked = await fleet.http.post(url + "/comments", json={"text": "Which tray?"}, headers=agent)
+    assert asked.status_code == 201 and asked.json()["status"] == "waiting_for_customer"
+    answered = await fleet.http.post(
+        url + "/comments", json={"text": "Tray 2"}, headers=auth(admin.token)
+    )
+    assert answered.status_code == 201, answered.text
+    body = answered.json()
+    assert body["status"] == "in_progress" and body["sla"]["paused"] is False
+    assert body["sla"]["paused_seconds"] > 0
+    last = body["timeline"][-1]
+    assert last["kind"] == "status" and last["by"] == admin.user_id
+    assert last["data"] == {"old": "waiting_for_customer", "new": "in_progress"}
+
+    async def resumed() -> list[dict[str, object]]:
+        changes = await records_with_key(
+            fleet.p.kafka_bootstrap,
+            TICKET_EVENTS.name,
+            ticket["ticket_id"],
+            "tickets.ticket-status-changed",
+        )
+        return [c for c in changes if c["old_status"] == "waiting_for_customer"]
+
+    (change,) = await eventually(resumed, timeout=20, what="the resumption published")
+    assert change["new_status"] == "in_progress" and change["changed_by"] == admin.user_id
+
+
 async def _fabricated_device(fleet: Fleet, org: Org, postal: str, family: str) -> str:
     """A device with a location and model family, as the devices service would publish it."""
     device_id = unique("dev")
@@ -454,6 +494,124 @@ async def test_fault_tickets_opened_once_per_device_and_error(fleet: Fleet) -> N
     tickets = await eventually(two, timeout=30)
     assert sorted(tuple(t["error_codes"]) for t in tickets) == [("C-2", "E-101"), ("J-9",)]
     assert all(t["category"] == "fault" and t["created_by"] is None for t in tickets)
+
+
+async def _removal_ticket(fleet: Fleet, admin: User, device: str) -> str:
+    body = {"category": "device_removal", "description": "We no longer need this printer"}
+    return str((await file_ticket(fleet, admin.token, device, **body)).json()["ticket_id"])
+
+
+async def _removal_commands(fleet: Fleet, device: str) -> list[dict[str, object]]:
+    records = await read_topic(fleet.p.kafka_bootstrap, DEVICE_COMMANDS.name)
+    mine = [r for r in records if r.key == device.encode()]
+    assert all(header(r, "producer") == "tickets" for r in mine)
+    assert all(header(r, "event_type") == "devices.device-removal-requested" for r in mine)
+    return [json.loads(r.value) for r in mine]
+
+
+async def test_an_agent_resolving_a_removal_ticket_removes_the_device(fleet: Fleet) -> None:
+    org = await fleet.create_org()
+    device = await fleet.add_device(org)
+    admin = await fleet.admin(org)
+    agent = auth(await fleet.agent())
+    ticket_id = await _removal_ticket(fleet, admin, device)
+    url = _t(fleet, f"/tickets/{ticket_id}/status")
+    resolved = await fleet.http.post(
+        url, json={"status": "resolved", "note": "collected on site"}, headers=agent
+    )
+    assert resolved.status_code == 200, resolved.text
+    timeline = resolved.json()["timeline"]
+    agent_id = timeline[-2]["by"]
+    assert timeline[-2]["kind"] == "status" and agent_id
+    assert timeline[-1]["kind"] == "removal" and timeline[-1]["by"] == agent_id
+
+    async def removed() -> list[dict[str, object]] | None:
+        trail = await fleet.http.get(
+            fleet.url("devices", f"/devices/{device}/history"), headers=agent
+        )
+        assert trail.status_code == 200, trail.text
+        entries = trail.json()
+        return entries if entries[-1]["action"] == "removed" else None
+
+    entries = await eventually(removed, timeout=30, what="device removed by the ticket")
+    assert [e["action"] for e in entries] == ["created", "removed"]
+    assert entries[-1]["by"] == agent_id
+    assert entries[-1]["changes"]["ticket_id"] == ticket_id
+    assert "collected on site" in entries[-1]["changes"]["reason"]
+    gone = await fleet.http.get(
+        fleet.url("devices", f"/devices/{device}"), headers=auth(admin.token)
+    )
+    assert gone.status_code == 404
+    (command,) = await _removal_commands(fleet, device)
+    assert command["org_id"] == org.org_id and command["requested_by"] == agent_id
+    # Meters hears of the removal from the devices state topic and refuses readings from then.
+    readings = fleet.url("meters", f"/meters/devices/{device}/readings")
+    accepted: list[int] = []
+
+    async def refused() -> bool:
+        response = await fleet.http.post(
+            readings,
+            json={"counters": {"total": 1 + len(accepted)}, "reason": "customer called"},
+            headers=agent,
+        )
+        if response.status_code == 201:  # meters has not read the removal yet
+            accepted.append(1)
+            return False
+        assert response.status_code == 422, response.text
+        return "device_removed" in [r["rule"] for r in response.json()["refusals"]]
+
+    await eventually(refused, timeout=30, what="meters refuses the removed device's readings")
+
+
+async def test_only_an_agent_resolution_asks_for_the_removal(fleet: Fleet) -> None:
+    org = await fleet.create_org()
+    kept, withdrawn = await fleet.add_device(org), await fleet.add_device(org)
+    admin = await fleet.admin(org)
+    agent = auth(await fleet.agent())
+    tech = await technician(fleet)
+    ticket_id = await _removal_ticket(fleet, admin, kept)
+    url = _t(fleet, f"/tickets/{ticket_id}")
+    # Customers never resolve a ticket (the status rules); they may close a new one.
+    by_admin = await fleet.http.post(
+        url + "/status", json={"status": "resolved"}, headers=auth(admin.token)
+    )
+    assert by_admin.status_code == 403, by_admin.text
+    # The assigned technician works on it but may not resolve it: that removes a device.
+    await until(
+        lambda: fleet.http.post(
+            url + "/assign", json={"technician_id": tech.user_id}, headers=agent
+        ),
+        200,
+        (422,),
+    )
+    working = await fleet.http.post(
+        url + "/status", json={"status": "in_progress"}, headers=auth(tech.token)
+    )
+    assert working.status_code == 200, working.text
+    by_tech = await fleet.http.post(
+        url + "/status", json={"status": "resolved"}, headers=auth(tech.token)
+    )
+    assert by_tech.status_code == 403, by_tech.text
+    assert by_tech.headers["content-type"].startswith("application/problem+json")
+    # A removal ticket the customer withdraws (closes while new) removes nothing.
+    other = await _removal_ticket(fleet, admin, withdrawn)
+    closed = await fleet.http.post(
+        _t(fleet, f"/tickets/{other}/status"),
+        json={"status": "closed", "note": "filed by mistake"},
+        headers=auth(admin.token),
+    )
+    assert closed.status_code == 200, closed.text
+    # Whatever was written for these tickets is on Kafka once their status events are.
+    for tid in (ticket_id, other):
+        await records_with_key(
+            fleet.p.kafka_bootstrap, TICKET_EVENTS.name, tid, "tickets.ticket-status-changed"
+        )
+    current = await fleet.http.get(url, headers=agent)
+    assert current.json()["status"] == "in_progress"
+    for device in (kept, withdrawn):
+        assert await _removal_commands(fleet, device) == []
+        still = await fleet.http.get(fleet.url("devices", f"/devices/{device}"), headers=agent)
+        assert still.status_code == 200 and still.json()["status"] == "active"
 
 
 async def test_knowledge_base_search_and_kb_viewer_limits(fleet: Fleet) -> None:

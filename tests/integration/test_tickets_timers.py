@@ -167,6 +167,18 @@ async def test_warning_and_breach_once_across_a_restart_none_when_answered(
         assert sorted(marked) == sorted(
             [d["_id"] async for d in b.mongo.db["sla_firings"].find({"ticket_id": late})]
         )
+        # Both are on the ticket's timeline as shown: by the system, when they fired.
+        stored = await b.deps.store.get_ticket(late)
+        assert stored is not None and "sla" not in [e.kind for e in stored.timeline]
+        (shown,) = await handlers.with_escalations([stored], b.deps)
+        sla = [e for e in shown.timeline if e.kind == "sla"]
+        assert [(e.by, e.data["escalation"]) for e in sla] == [(None, "warning"), (None, "breach")]
+        fired_at = {str(e["kind"]): str(e["fired_at"]) for e in await escalations(boot, {late})}
+        assert [e.at for e in sla] == [
+            datetime.fromisoformat(fired_at["warning"]),
+            datetime.fromisoformat(fired_at["breach"]),
+        ]
+        assert shown.timeline == sorted(shown.timeline, key=lambda e: e.at)
 
 
 async def test_each_escalation_once_through_a_rebalance(

@@ -10,7 +10,11 @@
 3. Waits for every deadline to fire and prints the delay from deadline to the event being on
    Kafka (p50, p99, max) and the count read back from ``tickets.events`` (each exactly once).
 4. Ticket creation through the handler and the store (routing and outbox included), one at a
-   time: ``BENCH tickets_create``.
+   time: ``BENCH tickets_create`` (``BENCH_CREATE_HANDLER``, default 300): the cost without HTTP.
+5. Ticket creation over HTTP: the real tickets service (``python -m services.tickets``, its own
+   process and database, on 127.0.0.1) and ``BENCH_CREATE`` tickets (default 1,000) filed by an
+   organisation's admin with a signed token, ``BENCH_CONCURRENCY`` (16) requests at a time:
+   ``BENCH tickets_create_http`` and the latency per request (p50, p99).
 
 Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` (security from ``FLEETDESK_KAFKA_*``) and
 ``FLEETDESK_TEST_MONGO_URL`` when set, else starts ``deploy/local/infra.py`` on free ports (SASL,
@@ -22,19 +26,24 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from services.identity.adapters.keys import Signer, generate_private_pem  # noqa: E402
 from services.tickets import handlers  # noqa: E402
 from services.tickets.adapters.store import INDEXES, TICKETS, MongoTicketStore  # noqa: E402
 from services.tickets.adapters.timers import TimerService  # noqa: E402
@@ -42,15 +51,28 @@ from services.tickets.core.model import DeviceInfo  # noqa: E402
 from services.tickets.inject import Partitions  # noqa: E402
 from shared import projections  # noqa: E402
 from shared.bus import ConsumerRunner, Publisher, ensure_topics  # noqa: E402
-from shared.config import KafkaSettings, MongoSettings  # noqa: E402
-from shared.contracts import TICKET_EVENTS, TicketCategory  # noqa: E402
+from shared.config import AuthSettings, Environment, KafkaSettings, MongoSettings  # noqa: E402
+from shared.contracts import (  # noqa: E402
+    DEVICES,
+    SIGNING_KEYS,
+    TICKET_EVENTS,
+    USERS,
+    DeviceState,
+    Role,
+    TicketCategory,
+    UserState,
+    UserStatus,
+)
 from shared.events import utcnow  # noqa: E402
+from shared.kafka_security import kafka_client_environment  # noqa: E402
 from shared.store import Mongo  # noqa: E402
-from tests.perf.servers import run_bench  # noqa: E402
+from tests.perf.servers import local_infra_module, run_bench  # noqa: E402
 
 N = int(os.environ.get("BENCH_TICKETS", "50000"))
 WINDOW = float(os.environ.get("BENCH_WINDOW_SECONDS", "60"))
-CREATE = int(os.environ.get("BENCH_CREATE", "300"))
+CREATE_HANDLER = int(os.environ.get("BENCH_CREATE_HANDLER", "300"))
+CREATE = int(os.environ.get("BENCH_CREATE", "1000"))
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
 LIMIT_SECONDS = 900
 
 
@@ -182,12 +204,129 @@ async def bench(kafka: KafkaSettings, mongo_url: str) -> None:
             {"_id": device.device_id, "org_id": device.org_id, "revision": 1}
         )
         t0 = time.perf_counter()
-        for _ in range(CREATE):
+        for _ in range(CREATE_HANDLER):
             cmd = handlers.CreateTicket(device.device_id, TicketCategory.OTHER, "bench")
             await handlers.create_ticket(cmd, deps, device)
-        bench_line("tickets_create", CREATE / (time.perf_counter() - t0), "tickets/s")
-        if sum(seen.values()) != N or len(seen) != N:
-            raise SystemExit(f"expected {N} escalations exactly once, saw {sum(seen.values())}")
+        bench_line("tickets_create", CREATE_HANDLER / (time.perf_counter() - t0), "tickets/s")
+
+    # 5. Creation over HTTP, through the real service.
+    await bench_http_create(kafka, mongo_url, run)
+    if sum(seen.values()) != N or len(seen) != N:
+        raise SystemExit(f"expected {N} escalations exactly once, saw {sum(seen.values())}")
+
+
+async def bench_http_create(kafka: KafkaSettings, mongo_url: str, run: str) -> None:
+    """``CREATE`` tickets over HTTP against ``python -m services.tickets`` in its own process."""
+    port = local_infra_module().free_port()
+    signer = Signer.from_pem(generate_private_pem(), Environment.TEST, AuthSettings(), 3600)
+    org_id, device_id, admin_id = f"bench-org-{run}", f"bench-dev-{run}", f"bench-admin-{run}"
+    # What identity and devices would have published: the key, the admin and the device.
+    async with Publisher(kafka, "identity") as identity, Publisher(kafka, "devices") as devices:
+        await identity.publish(SIGNING_KEYS, signer.kid, signer.public_key())
+        await identity.publish(
+            USERS,
+            admin_id,
+            UserState(
+                user_id=admin_id,
+                org_id=org_id,
+                email=f"{admin_id}@bench.example.com",
+                name="Bench Admin",
+                language="en",
+                role=Role.ADMIN,
+                device_ids=[],
+                status=UserStatus.ACTIVE,
+                revision=1,
+            ),
+        )
+        state = DeviceState(
+            device_id=device_id, org_id=org_id, serial=f"SN-{run}", model="C300i", revision=1
+        )
+        await devices.publish(DEVICES, device_id, state)
+    token = signer.issue(admin_id, org_id, Role.ADMIN.value)
+    logs = Path(tempfile.mkdtemp(prefix="fleetdesk-bench-tickets-"))
+    env = {
+        **os.environ,
+        **kafka_client_environment(kafka),
+        # Development: the local broker's super user has a development password.
+        "FLEETDESK_ENVIRONMENT": "development",
+        "FLEETDESK_MONGO_URL": mongo_url,
+        "FLEETDESK_MONGO_DATABASE_PREFIX": f"benchhttp{run}",
+        "FLEETDESK_TICKETS_PORT": str(port),
+        "FLEETDESK_HTTP_HOST": "127.0.0.1",
+        "FLEETDESK_LOG_LEVEL": "WARNING",
+    }
+    proc = start_service(env, logs)
+    url = f"http://127.0.0.1:{port}/tickets"
+    body = {"device_id": device_id, "category": "other", "description": "bench ticket"}
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    try:
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            # Ready, and the key, the admin and the device projected (401/404 until then).
+            give_up = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None:
+                    tail = (logs / "tickets.log").read_text()[-3000:]
+                    raise SystemExit(f"the tickets service exited: {tail}")
+                try:
+                    response = await client.post(url, json=body, headers=headers)
+                    if response.status_code == 201:
+                        break
+                    if response.status_code not in (401, 404, 503):
+                        raise SystemExit(
+                            f"unexpected answer: {response.status_code} {response.text}"
+                        )
+                except httpx.TransportError:
+                    pass  # not listening yet
+                if time.monotonic() > give_up:
+                    raise SystemExit("the tickets service did not get ready within 120 s")
+                await asyncio.sleep(0.2)
+            latencies: list[float] = []
+            failures: Counter[int] = Counter()
+            gate = asyncio.Semaphore(CONCURRENCY)
+
+            async def one() -> None:
+                async with gate:
+                    started = time.perf_counter()
+                    response = await client.post(url, json=body, headers=headers)
+                    latencies.append(time.perf_counter() - started)
+                    if response.status_code != 201:
+                        failures[response.status_code] += 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(CREATE)))
+            elapsed = time.perf_counter() - t0
+    finally:
+        stop_service(proc)
+    bench_line("tickets_create_http", CREATE / elapsed, "tickets/s")
+    bench_line("tickets_create_http_p50", pct(latencies, 50) * 1000, "ms")
+    bench_line("tickets_create_http_p99", pct(latencies, 99) * 1000, "ms")
+    print(f"{CREATE} tickets over HTTP, {CONCURRENCY} at a time, in {elapsed:.1f} s")
+    if failures:
+        raise SystemExit(f"tickets not created over HTTP: {dict(failures)}")
+
+
+def start_service(env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    with open(logs / "tickets.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.tickets"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_service(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def main() -> int:

@@ -11,17 +11,20 @@ from services.tickets import handlers
 from services.tickets.core import routing
 from services.tickets.core import status as machine
 from services.tickets.core.kb import tokens
-from services.tickets.core.model import CalendarSpec, DeviceInfo
+from services.tickets.core.model import CalendarSpec, DeviceInfo, TimelineEntry
 from services.tickets.core.routing import Place, TechnicianProfile
 from services.tickets.core.timers import TicketTimers, TimerHeap, TimerKind
 from shared.auth import Principal
 from shared.contracts import (
+    DEVICE_COMMANDS,
+    DeviceRemovalRequested,
     Role,
     SlaKind,
     TicketAssigned,
     TicketCategory,
     TicketCreated,
     TicketStatus,
+    TicketStatusChanged,
     TicketTimersSet,
 )
 from tests.unit.tickets_fakes import Clock, FakeStore, deps
@@ -163,6 +166,54 @@ async def test_waiting_pauses_and_resuming_moves_the_due() -> None:
     assert kinds[-2:] == [("status", "waiting_for_customer"), ("status", "new")]
 
 
+async def test_a_customer_comment_on_a_waiting_ticket_resumes_it() -> None:
+    store, clock, d = _world(hel(2026, 11, 26, 8))  # Thursday 08:00, 4 h budget
+    tid = await _create(d)
+    clock.now = hel(2026, 11, 26, 9)
+    await handlers.change_status(handlers.ChangeStatus(tid, S.IN_PROGRESS), AGENT, d)
+    clock.now = hel(2026, 11, 26, 10)
+    await handlers.change_status(handlers.ChangeStatus(tid, S.WAITING_FOR_CUSTOMER), AGENT, d)
+    # The agent's own comment changes nothing; a stock manager is no customer actor.
+    await handlers.add_comment(tid, "Any news?", AGENT, d)
+    stock = Principal("s", "org1", Role.STOCK_MANAGER, frozenset({"dev1"}))
+    await handlers.add_comment(tid, "Not mine to answer", stock, d)
+    assert store.tickets[tid].status is S.WAITING_FOR_CUSTOMER
+    clock.now = hel(2026, 11, 30, 9)  # Monday: the admin answers with a comment
+    t = await handlers.add_comment(tid, "It is the C300i on floor 2", ADMIN, d)
+    assert t.status is S.IN_PROGRESS and t.resume_to is None
+    assert t.sla.pauses[-1].start == hel(2026, 11, 26, 10)
+    assert t.sla.pauses[-1].end == clock.now  # the clock runs again
+    assert t.sla.responded_at == hel(2026, 11, 26, 9)  # the agent's response stands
+    assert [(e.kind, e.by) for e in t.timeline][-2:] == [("comment", "adm"), ("status", "adm")]
+    changed = [e for _, _, e in store.events if isinstance(e, TicketStatusChanged)]
+    assert (changed[-1].old_status, changed[-1].new_status) == (
+        S.WAITING_FOR_CUSTOMER,
+        S.IN_PROGRESS,
+    )
+    assert changed[-1].changed_by == "adm"
+    # Waiting again from new (nobody had answered): the comment resumes it as new, the clock
+    # runs again but the customer's comment is no response.
+    other = await _create(d)
+    await handlers.change_status(handlers.ChangeStatus(other, S.WAITING_FOR_CUSTOMER), AGENT, d)
+    clock.now = hel(2026, 11, 30, 10)
+    resumed = await handlers.add_comment(other, "Here you are", ADMIN, d)
+    assert resumed.status is S.NEW and resumed.sla.responded_at is None
+    assert resumed.sla.due_at is not None
+
+
+async def test_escalations_are_shown_on_the_timeline_by_the_system() -> None:
+    store, clock, d = _world(hel(2026, 11, 26, 8))
+    tid = await _create(d)
+    clock.now = hel(2026, 11, 26, 9)
+    await handlers.add_comment(tid, "Later", ADMIN, d)
+    warning = TimelineEntry(at=hel(2026, 11, 26, 8, 30), by=None, kind="sla", text="SLA warning")
+    store.fired[tid] = [warning]
+    (shown,) = await handlers.with_escalations([store.tickets[tid]], d)
+    assert [e.kind for e in shown.timeline] == ["created", "routing", "sla", "comment"]
+    assert shown.timeline[2].by is None
+    assert "sla" not in [e.kind for e in store.tickets[tid].timeline]  # not stored
+
+
 async def test_answer_stops_the_clock_and_resolving_frees_the_fault_key() -> None:
     store, clock, d = _world(hel(2026, 11, 26, 8))
     store.roles["anna"] = Role.TECHNICIAN
@@ -219,6 +270,43 @@ async def test_working_on_an_offered_ticket_accepts_the_offer() -> None:
     clock.now += timedelta(seconds=61)
     assert not await handlers.expire_offer(tid, offer.offer_id, d)
     assert store.tickets[tid].assignee == "anna"
+
+
+async def test_only_an_agent_resolving_a_removal_ticket_asks_devices_to_remove() -> None:
+    store, _, d = _world(hel(2026, 11, 26, 9))
+    store.roles["anna"], store.techs["anna"] = Role.TECHNICIAN, ANNA
+    cmd = handlers.CreateTicket("dev1", TicketCategory.DEVICE_REMOVAL, "take it", created_by="adm")
+    ticket = await handlers.create_ticket(cmd, d, DEVICE)
+    assert ticket is not None and ticket.assignee == "anna"
+    tid = ticket.ticket_id
+    anna = Principal("anna", None, Role.TECHNICIAN)
+    await handlers.change_status(handlers.ChangeStatus(tid, S.IN_PROGRESS), anna, d)
+    for who in (anna, ADMIN):  # the assignee may resolve other tickets; a customer none
+        with pytest.raises(handlers.Refused):
+            await handlers.change_status(handlers.ChangeStatus(tid, S.RESOLVED), who, d)
+    assert not [e for _, _, e in store.events if isinstance(e, DeviceRemovalRequested)]
+    done = await handlers.change_status(
+        handlers.ChangeStatus(tid, S.RESOLVED, "picked up"), AGENT, d
+    )
+    commands = [(t, k, e) for t, k, e in store.events if isinstance(e, DeviceRemovalRequested)]
+    assert commands == [
+        (
+            DEVICE_COMMANDS,
+            "dev1",
+            DeviceRemovalRequested(
+                device_id="dev1",
+                org_id="org1",
+                ticket_id=tid,
+                requested_by=AGENT.user_id,
+                reason=f"device-removal ticket {tid} resolved: picked up",
+            ),
+        )
+    ]
+    assert [e.kind for e in done.timeline][-2:] == ["status", "removal"]
+    # Another category resolved by an agent sends nothing.
+    other = await _create(d)
+    await handlers.change_status(handlers.ChangeStatus(other, S.RESOLVED), AGENT, d)
+    assert len([e for _, _, e in store.events if isinstance(e, DeviceRemovalRequested)]) == 1
 
 
 async def test_who_sees_a_ticket() -> None:

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from services.tickets import handlers
 from services.tickets.core.kb import ArticleTokens
-from services.tickets.core.model import Article, CalendarSpec, DeviceInfo, Ticket
+from services.tickets.core.model import Article, CalendarSpec, DeviceInfo, Ticket, TimelineEntry
 from services.tickets.core.routing import TechnicianProfile
 from services.tickets.core.status import OPEN
 from services.tickets.ports import Outgoing, TicketFilter
@@ -32,6 +32,7 @@ class FakeStore:
         self.techs: dict[str, TechnicianProfile] = {}
         self.faults: dict[str, str] = {}
         self.articles: list[tuple[Article, ArticleTokens]] = []
+        self.fired: dict[str, list[TimelineEntry]] = {}
 
     async def device(self, device_id: str) -> DeviceInfo | None:
         return self.devices.get(device_id)
@@ -70,6 +71,9 @@ class FakeStore:
 
     async def list_tickets(self, flt: TicketFilter, limit: int) -> list[Ticket]:
         return list(self.tickets.values())[:limit]
+
+    async def escalations(self, ticket_ids: Sequence[str]) -> dict[str, list[TimelineEntry]]:
+        return {t: list(self.fired[t]) for t in ticket_ids if t in self.fired}
 
     async def technicians(self) -> list[TechnicianProfile]:
         return list(self.techs.values())

@@ -76,10 +76,21 @@ class UpdateStock:
     caller: Caller
 
 
+class OrganisationMismatch(Exception):
+    """A command names the device with another organisation than the device's."""
+
+
 @dataclass(frozen=True)
 class RemoveDevice:
     device_id: str
     caller: Caller
+    org_id: str | None = None
+    """When set (a command from another service), the device must belong to it."""
+    ticket_id: str | None = None
+    """The ticket that asked for the removal (recorded on the history)."""
+    reason: str = ""
+    key: str | None = None
+    """Idempotency key of a command (its event id), recorded on the history entry."""
 
 
 @dataclass(frozen=True)
@@ -215,10 +226,23 @@ async def update_stock(cmd: UpdateStock, repo: DeviceRepository, now: datetime) 
 
 
 async def remove_device(cmd: RemoveDevice, repo: DeviceRepository, now: datetime) -> Device:
-    def mutate(device: Device) -> tuple[dict[str, Any], dict[str, Any]]:
-        return {"removed": True, "status": DeviceStatus.REMOVED}, {"status": "removed"}
+    """Remove a device (agents). A removed or unknown one raises :class:`DeviceNotFound`."""
 
-    return await _change(repo, cmd.device_id, cmd.caller, Action.REMOVE, "removed", mutate, now)
+    def mutate(device: Device) -> tuple[dict[str, Any], dict[str, Any]]:
+        if cmd.org_id is not None and device.org_id != cmd.org_id:
+            raise OrganisationMismatch(
+                f"device {device.device_id} is not of organisation {cmd.org_id}"
+            )
+        changes: dict[str, Any] = {"status": "removed"}
+        if cmd.ticket_id is not None:
+            changes["ticket_id"] = cmd.ticket_id
+        if cmd.reason:
+            changes["reason"] = cmd.reason
+        return {"removed": True, "status": DeviceStatus.REMOVED}, changes
+
+    return await _change(
+        repo, cmd.device_id, cmd.caller, Action.REMOVE, "removed", mutate, now, key=cmd.key
+    )
 
 
 async def apply_assignment(

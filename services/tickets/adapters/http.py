@@ -269,8 +269,11 @@ async def list_tickets(
             raise forbidden("this organisation is not yours")
         devices = None if principal.role is Role.ADMIN else principal.device_ids
         flt = replace(flt, org_id=principal.org_id, device_ids=devices)
-    tickets = await deps.store.list_tickets(flt, limit)
-    return [public(t, deps) for t in tickets if handlers.can_view(principal, t)]
+    found = await deps.store.list_tickets(flt, limit)
+    tickets = await handlers.with_escalations(
+        [t for t in found if handlers.can_view(principal, t)], deps
+    )
+    return [public(t, deps) for t in tickets]
 
 
 # Paths with a fixed second segment come before /tickets/{ticket_id}.
@@ -379,7 +382,8 @@ async def get_ticket(ticket_id: str, principal: CurrentPrincipal, request: Reque
     ticket = await deps.store.get_ticket(ticket_id)
     if ticket is None or not handlers.can_view(principal, ticket):
         raise _not_found()
-    return public(ticket, deps)
+    (shown,) = await handlers.with_escalations([ticket], deps)
+    return public(shown, deps)
 
 
 async def _run(
@@ -388,7 +392,8 @@ async def _run(
     _no_kb_only(principal)
     async with _answers(request):
         ticket = await call()
-    return public(ticket, _deps(request))
+    (shown,) = await handlers.with_escalations([ticket], _deps(request))
+    return public(shown, _deps(request))
 
 
 @router.post("/tickets/{ticket_id}/status")

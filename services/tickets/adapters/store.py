@@ -9,7 +9,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.tickets.core.kb import ArticleTokens
-from services.tickets.core.model import Article, CalendarSpec, DeviceInfo, Ticket
+from services.tickets.core.model import Article, CalendarSpec, DeviceInfo, Ticket, TimelineEntry
 from services.tickets.core.routing import TechnicianProfile
 from services.tickets.core.status import OPEN
 from services.tickets.ports import Outgoing, TicketFilter
@@ -39,7 +39,10 @@ INDEXES = {
         IndexModel([("tokens", ASCENDING)], name="by_token"),
         IndexModel([("model_families", ASCENDING)], name="by_family"),
     ],
-    FIRINGS: [IndexModel([("partition", ASCENDING)], name="by_partition")],
+    FIRINGS: [
+        IndexModel([("partition", ASCENDING)], name="by_partition"),
+        IndexModel([("ticket_id", ASCENDING)], name="by_ticket"),  # shown on the timeline
+    ],
     PUBLISHED: [IndexModel([("partitions", ASCENDING)], name="by_partition")],
 }
 
@@ -179,6 +182,31 @@ class MongoTicketStore:
             query["$or" if flt.breach else "$nor"] = late
         cursor = self.tickets.find(query, {"outbox": 0}).sort("created_at", DESCENDING).limit(limit)
         return [from_doc(doc) async for doc in cursor]
+
+    async def escalations(self, ticket_ids: Sequence[str]) -> dict[str, list[TimelineEntry]]:
+        ids = sorted(set(ticket_ids))
+        if not ids:
+            return {}
+        query: dict[str, Any] = {"ticket_id": ids[0] if len(ids) == 1 else {"$in": ids}}
+        out: dict[str, list[TimelineEntry]] = {}
+        async for doc in self.db[FIRINGS].find(query):
+            payload = doc.get("payload") or {}
+            kind = doc["kind"]
+            due = payload.get("due_at")
+            if kind == "warning":
+                text = f"SLA warning: the response is due {due}"
+            else:
+                text = f"SLA breach: the response was due {due}"
+            out.setdefault(doc["ticket_id"], []).append(
+                TimelineEntry(
+                    at=payload.get("fired_at") or doc["deadline"],
+                    by=None,
+                    kind="sla",
+                    text=text,
+                    data={"escalation": kind, "deadline": due},
+                )
+            )
+        return out
 
     # --- routing ---
     async def technicians(self) -> list[TechnicianProfile]:

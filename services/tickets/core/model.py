@@ -83,7 +83,7 @@ class TimelineEntry(BaseModel):
 
     at: AwareDatetime
     by: str | None = Field(description="User id; null for the system.")
-    kind: Literal["created", "status", "comment", "assignment", "routing", "sla"]
+    kind: Literal["created", "status", "comment", "assignment", "routing", "sla", "removal"]
     text: str = ""
     data: dict[str, Any] = Field(default_factory=dict)
 
