@@ -378,7 +378,7 @@ async def test_a_full_redelivery_changes_nothing(worker: Worker) -> None:
         ends = await _ends(worker)
         return ingestor.flushed >= sum(ends.values())
 
-    await eventually(caught_up, timeout=60, what="the re-delivered inputs flushed")
+    await eventually(caught_up, timeout=180, what="the re-delivered inputs flushed")
     assert await worker.mongo.db[READINGS].count_documents({}) == before
     assert ingestor.stats.replayed > 0
 

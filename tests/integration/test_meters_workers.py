@@ -1,10 +1,10 @@
 """Meters ingestion workers as real processes: a SIGKILL in the middle of a stream, and a
 second worker joining and leaving mid-stream. Every report is accepted exactly once.
 
-The stream: ``METERS_TEST_REPORTS`` reports (default 2,000, to keep CI inside its time; the
-issue's figure is 100,000) over 1,000 devices, each report of a device higher than the one
-before, so every report must end up as exactly one reading: none lost, none doubled, none
-refused as an anomaly.
+The streams: ``METERS_TEST_KILL_REPORTS`` reports for the crash (default 100,000, about three
+minutes here) and ``METERS_TEST_SCALE_REPORTS`` for the scale-out (default 2,000) over 1,000
+devices, each report of a device higher than the one before, so every report must end up as
+exactly one reading: none lost, none doubled, none refused as an anomaly.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from tests.support import create_topic, eventually
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
-REPORTS = int(os.environ.get("METERS_TEST_REPORTS", "2000"))
+KILL_REPORTS = int(os.environ.get("METERS_TEST_KILL_REPORTS", "100000"))
+SCALE_REPORTS = int(os.environ.get("METERS_TEST_SCALE_REPORTS", "2000"))
 DEVICES_N = 1000
 
 
@@ -110,8 +111,8 @@ async def stream(infra: Infra, tmp_path: Path) -> AsyncIterator[Stream]:
     yield Stream(kafka, mongo_settings, env, serials, tmp_path)
 
 
-def reports(s: Stream) -> Iterator[tuple[str, bytes]]:
-    return Simulator(s.serials, Odds(duplicate=0, lower=0, malformed=0, error=0)).stream(REPORTS)
+def reports(s: Stream, count: int) -> Iterator[tuple[str, bytes]]:
+    return Simulator(s.serials, Odds(duplicate=0, lower=0, malformed=0, error=0)).stream(count)
 
 
 async def count(s: Stream) -> int:
@@ -135,42 +136,49 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 async def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(stream: Stream) -> None:
+    total = KILL_REPORTS
     first = stream.spawn("first")
     second = None
     try:
         # Spread over at least 8 s, so that the kill lands while reports are still coming
         # (a fast worker would otherwise have decided a small stream before the kill).
         producing = asyncio.create_task(
-            produce(stream.kafka, stream.env["METERS_TEST_TELEMETRY"], reports(stream), REPORTS / 8)
+            produce(
+                stream.kafka, stream.env["METERS_TEST_TELEMETRY"], reports(stream, total), total / 8
+            )
         )
-        await eventually(lambda: at_least(stream, REPORTS // 4), timeout=300, interval=0.2)
+        await eventually(lambda: at_least(stream, total // 4), timeout=300, interval=0.2)
         stop(first, signal.SIGKILL)  # a crash: nothing flushed or committed on the way out
         killed_at = await count(stream)
-        assert killed_at < REPORTS
+        assert killed_at < total
         await producing
         second = stream.spawn("second")
-        await eventually(lambda: at_least(stream, REPORTS), timeout=600, interval=1.0)
+        await eventually(lambda: at_least(stream, total), timeout=600, interval=1.0)
         await asyncio.sleep(0)
-        assert await count(stream) == REPORTS
+        assert await count(stream) == total
     finally:
         stop(first, signal.SIGKILL)
         if second is not None:
             stop(second)
-    # Anything more than REPORTS would be a double; a refused replay would leave fewer.
-    assert await count(stream) == REPORTS
+    # Anything more than the stream would be a double; a refused replay would leave fewer.
+    assert await count(stream) == total
 
 
 async def test_a_second_worker_joins_and_leaves_mid_stream(stream: Stream) -> None:
+    total = SCALE_REPORTS
     first = stream.spawn("first")
     second = None
     try:
         # Spread over at least 20 s: the second worker joins while reports are still coming.
         producing = asyncio.create_task(
             produce(
-                stream.kafka, stream.env["METERS_TEST_TELEMETRY"], reports(stream), REPORTS / 20
+                stream.kafka,
+                stream.env["METERS_TEST_TELEMETRY"],
+                reports(stream, total),
+                total / 20,
             )
         )
-        await eventually(lambda: at_least(stream, REPORTS // 5), timeout=300, interval=0.5)
+        await eventually(lambda: at_least(stream, total // 5), timeout=300, interval=0.5)
         second = stream.spawn("second")
 
         async def second_started() -> bool:
@@ -178,14 +186,14 @@ async def test_a_second_worker_joins_and_leaves_mid_stream(stream: Stream) -> No
 
         # The second worker must really join (take partitions) before the stream is half done.
         await eventually(second_started, timeout=180, interval=0.5)
-        await eventually(lambda: at_least(stream, REPORTS // 2), timeout=300, interval=0.5)
+        await eventually(lambda: at_least(stream, total // 2), timeout=300, interval=0.5)
         stop(second)  # leaves gracefully; its partitions go back to the first
         await producing
-        await eventually(lambda: at_least(stream, REPORTS), timeout=600, interval=1.0)
+        await eventually(lambda: at_least(stream, total), timeout=600, interval=1.0)
     finally:
         stop(first)
         if second is not None:
             stop(second)
-    assert await count(stream) == REPORTS
+    assert await count(stream) == total
     logs = (stream.logs / "second.log").read_text()
     assert "worker started" in logs
