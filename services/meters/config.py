@@ -21,6 +21,9 @@ class IngestSettings(BaseSettings):
         1000, ge=1, le=5000, description="Documents per insert_many (FerretDB: modest batches)."
     )
     max_poll_records: int = Field(2000, ge=1, description="Records per poll of the worker.")
+    fetch_max_wait_ms: int = Field(
+        50, ge=1, description="Longest a fetch waits at the broker for new telemetry."
+    )
     commit_interval_seconds: float = Field(
         1.0, gt=0, description="How often faust commits acknowledged offsets."
     )

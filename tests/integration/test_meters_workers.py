@@ -135,6 +135,7 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         proc.wait()
 
 
+@pytest.mark.timeout(900)  # 100,000 reports: about three minutes on a quiet machine
 async def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(stream: Stream) -> None:
     total = KILL_REPORTS
     first = stream.spawn("first")
