@@ -14,10 +14,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateOne
+from pymongo import (
+    ASCENDING,
+    DESCENDING,
+    AsyncMongoClient,
+    IndexModel,
+    ReplaceOne,
+    ReturnDocument,
+    UpdateOne,
+)
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from shared.config import MongoSettings
 from shared.store import Mongo
@@ -126,6 +134,108 @@ async def test_bulk_write_of_5000_upserts(db: AsyncDatabase[Doc]) -> None:
     assert result.modified_count == 2500
     assert result.upserted_count == 2500
     assert await coll.count_documents({"v": 1}) == 5000
+
+
+def updates_by_id() -> tuple[list[Any], list[Doc]]:
+    """2,000 updates by `_id` of 1,000 existing documents and as many absent ones, and a model."""
+    ops: list[Any] = []
+    model: list[Doc] = []  # what each statement does, for apply_by_id
+    for k in range(2000):
+        if k == 700:  # $inc of a string: fails (TypeMismatch)
+            step = {"id": 4, "inc": "s", "upsert": False}
+        elif k % 250 == 249:  # an `_id` named earlier in the command (once upserted or not)
+            step = {"id": k // 2 + (k // 2) % 2, "inc": "v", "set": k, "upsert": True}
+        elif k % 100 == 50:  # matches, changes nothing
+            step = {"id": k, "set_s": "x", "upsert": False}
+        elif k % 100 == 51:  # matches nothing, no upsert; `_id` by $eq
+            step = {"id": k, "inc": "v", "upsert": False, "eq": True}
+        elif k % 100 == 52:  # a replacement upserting the `_id` that statement k + 1 updates
+            step = {"id": k + 1, "replace": {"r": k}, "upsert": True}
+        else:
+            step = {"id": k, "inc": "v", "set": k, "upsert": True}
+        model.append(step)
+        filt: Doc = {"_id": {"$eq": step["id"]}} if step.get("eq") else {"_id": step["id"]}
+        if "replace" in step:
+            ops.append(ReplaceOne(filt, step["replace"], upsert=step["upsert"]))
+            continue
+        update: Doc = {}
+        if "inc" in step:
+            update["$inc"] = {step["inc"]: 1}
+        if "set" in step:
+            update["$set"] = {"at": step["set"]}
+        if "set_s" in step:
+            update["$set"] = {"s": step["set_s"]}
+        ops.append(UpdateOne(filt, update, upsert=step["upsert"]))
+    return ops, model
+
+
+def apply_by_id(docs: dict[Any, Doc], model: list[Doc], ordered: bool) -> Doc:
+    """MongoDB's per-statement semantics of updates_by_id, on documents in memory."""
+    out: Doc = {"nMatched": 0, "nModified": 0, "upserted": [], "writeErrors": []}
+    for index, step in enumerate(model):
+        doc = docs.get(step["id"])
+        if doc is None and not step["upsert"]:
+            continue
+        new = dict(doc) if doc is not None else {"_id": step["id"]}
+        if "replace" in step:
+            new = {"_id": step["id"], **step["replace"]}
+        if "inc" in step:
+            if isinstance(new.get(step["inc"], 0), str):
+                out["writeErrors"].append((index, 14))
+                if ordered:
+                    break
+                continue
+            new[step["inc"]] = new.get(step["inc"], 0) + 1
+        if "set" in step:
+            new["at"] = step["set"]
+        if "set_s" in step:
+            new["s"] = step["set_s"]
+        if doc is None:
+            out["upserted"].append((index, step["id"]))
+        else:
+            out["nMatched"] += 1
+            out["nModified"] += new != doc
+        docs[step["id"]] = new
+    return out
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_bulk_write_by_id_keeps_per_statement_semantics(
+    db: AsyncDatabase[Doc], ordered: bool
+) -> None:
+    """One update command of 2,000 updates by `_id` (the embedded server runs them in groups, one
+    transaction each): upserts, replacements, an `_id` named twice, one failing statement."""
+    existing = [{"_id": i, "v": 0, "s": "x"} for i in range(0, 2000, 2)]
+    ops, model = updates_by_id()
+    expected_docs = {d["_id"]: dict(d) for d in existing}
+    expected = apply_by_id(expected_docs, model, ordered)
+    assert len(expected["upserted"]) > 300 and expected["writeErrors"] == [(700, 14)]
+    assert len({step["id"] for step in model}) < len(model)  # some `_id` named twice
+
+    bulk = collection(db)
+    await bulk.insert_many(existing)
+    with pytest.raises(BulkWriteError) as raised:
+        await asyncio.wait_for(bulk.bulk_write(ops, ordered=ordered), 120)
+    details = raised.value.details
+    assert [(e["index"], e["code"]) for e in details["writeErrors"]] == expected["writeErrors"]
+    assert (details["nMatched"], details["nModified"]) == (
+        expected["nMatched"],
+        expected["nModified"],
+    )
+    assert details["nUpserted"] == len(expected["upserted"])
+    assert [(u["index"], u["_id"]) for u in details["upserted"]] == expected["upserted"]
+    assert {d["_id"]: d async for d in bulk.find({})} == expected_docs
+
+    # The same statements one by one (each its own command) end in the same documents.
+    single = collection(db)
+    await single.insert_many(existing)
+    for op in ops:
+        try:
+            await single.bulk_write([op])
+        except BulkWriteError:
+            if ordered:
+                break
+    assert {d["_id"]: d async for d in single.find({})} == expected_docs
 
 
 async def test_one_update_command_matching_many_documents(db: AsyncDatabase[Doc]) -> None:
