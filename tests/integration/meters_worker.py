@@ -10,11 +10,30 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 from services.meters.config import MetersSettings
 from services.meters.inject import ingestion
 from shared.bus import Publisher
 from shared.store import Mongo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn(env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """This worker as its own process in its own session (so a test can signal the whole
+    group), its output appended to ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.meters_worker"],
+        cwd=ROOT,
+        env=dict(env),
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 async def main() -> None:

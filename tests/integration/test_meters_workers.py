@@ -14,7 +14,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from shared.config import KafkaSettings, MongoSettings
 from shared.contracts import DEVICES, ORGANISATIONS, DeviceState, OrganisationState
 from shared.store import Mongo
 from tests.conftest import Infra
+from tests.integration import meters_worker
 from tests.support import create_topic, eventually
 
 # Bounded, but longer than the default: two workers start, one waits out a dead member.
@@ -48,15 +48,7 @@ class Stream:
     logs: Path
 
     def spawn(self, name: str) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        return subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.meters_worker"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        return meters_worker.spawn(self.env, self.logs / f"{name}.log")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from shared.bus import Publisher, ensure_topics
+from shared.bus import Publisher
 from shared.config import KafkaSettings, MongoSettings
 from shared.contracts import DEVICES, DeviceState
 from shared.events import HEADER_EVENT_ID
@@ -27,25 +27,11 @@ from shared.store import (
     OutboxRelay,
     new_with_outbox,
 )
-from tests.conftest import Infra
 from tests.support import eventually, header, read_topic, uses_index
 
 pytestmark = pytest.mark.integration
 
 STOP_TIMEOUT = 20.0
-
-
-@pytest.fixture(scope="module")
-async def catalogue_topics(infra: Infra) -> None:
-    await ensure_topics(KafkaSettings(bootstrap_servers=infra.kafka_bootstrap))
-
-
-@pytest.fixture
-async def publisher(
-    kafka_settings: KafkaSettings, catalogue_topics: None
-) -> AsyncIterator[Publisher]:
-    async with Publisher(kafka_settings, "outbox-test") as pub:
-        yield pub
 
 
 @pytest.fixture

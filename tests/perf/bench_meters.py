@@ -49,6 +49,8 @@ from shared.bus import Publisher, ensure_topics  # noqa: E402
 from shared.config import KafkaSettings, MongoSettings  # noqa: E402
 from shared.contracts import DEVICES, ORGANISATIONS, DeviceState, OrganisationState  # noqa: E402
 from shared.store import Mongo  # noqa: E402
+from tests.integration import meters_worker  # noqa: E402
+from tests.perf.servers import bench_line as bench  # noqa: E402
 from tests.perf.servers import run_bench  # noqa: E402
 from tests.support import eventually, kafka_environment  # noqa: E402
 
@@ -59,10 +61,6 @@ INGEST_SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "600"))
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "6"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
 LIMIT_SECONDS = 2400
-
-
-def bench(name: str, value: float, unit: str) -> None:
-    print(f"BENCH {name} {value:.1f} {unit}", flush=True)
 
 
 async def _topic(kafka: KafkaSettings) -> str:
@@ -184,18 +182,6 @@ async def latency(
     return samples
 
 
-def spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A meters ingestion worker process (the one the crash and scale-out tests run)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.meters_worker"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
 async def workers_rate(
     kafka: KafkaSettings, mongo_url: str, topics: tuple[str, str], workers: int, expected: int
 ) -> float | None:
@@ -217,7 +203,7 @@ async def workers_rate(
         "METERS_TEST_TELEMETRY": topics[0],
         "METERS_TEST_COMMANDS": topics[1],
     }
-    procs = [spawn_worker(env, logs / f"worker-{i}.log") for i in range(workers)]
+    procs = [meters_worker.spawn(env, logs / f"worker-{i}.log") for i in range(workers)]
     first: tuple[float, int] | None = None
     try:
         async with Mongo(settings, "meters") as mongo:

@@ -25,15 +25,12 @@ from shared.bus import Publisher, ensure_topics  # noqa: E402
 from shared.config import KafkaSettings, MongoSettings  # noqa: E402
 from shared.contracts import DEVICES, DeviceState  # noqa: E402
 from shared.store import OUTBOX_INDEX, Mongo, OutboxRelay, new_with_outbox  # noqa: E402
+from tests.perf.servers import bench_line as bench  # noqa: E402
 from tests.perf.servers import run_bench  # noqa: E402
 
 DOCS = int(os.environ.get("BENCH_OUTBOX_DOCS", "2000"))
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_OUTBOX_CONCURRENCY", "1,16").split(",")]
 LIMIT_SECONDS = 900
-
-
-def bench(name: str, value: float, unit: str) -> None:
-    print(f"BENCH {name} {value:.1f} {unit}", flush=True)
 
 
 async def run(kafka: KafkaSettings, mongo_url: str) -> None:

@@ -21,6 +21,11 @@ from shared.config import KafkaSettings
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def bench_line(name: str, value: float, unit: str) -> None:
+    """One figure as the benches print it: ``BENCH <name> <value> <unit>``."""
+    print(f"BENCH {name} {value:.1f} {unit}", flush=True)
+
+
 def local_infra_module() -> Any:
     """``deploy/local/infra.py`` imported by path (``deploy`` is not a package)."""
     name = "fleetdesk_local_infra"
