@@ -174,10 +174,21 @@ def build_service_app(
     )
 
 
+def use_uvloop() -> None:
+    """Every event loop this process makes is uvloop's: the main one (uvicorn's,
+    ``asyncio.run``'s) and those libraries make for themselves (faust runs its consumer on a
+    loop of its own, in a thread). uvloop does the same work as asyncio's own loop in C, at a
+    fraction of the cost per task, callback and socket read."""
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def serve(app: FastAPI, settings: ServiceSettings, port: int) -> None:
     """Run ``app`` under uvicorn until SIGINT/SIGTERM; the lifespan shuts down cleanly."""
     import uvicorn
 
+    use_uvloop()
     uvicorn.run(
         app,
         host=settings.http.host,
@@ -188,4 +199,5 @@ def serve(app: FastAPI, settings: ServiceSettings, port: int) -> None:
         # The socket peer stays the peer: a service that needs the client behind a proxy
         # decides whom to believe itself (identity: FLEETDESK_IDENTITY_TRUSTED_PROXIES).
         proxy_headers=False,
+        loop="uvloop",
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 from services.meters.config import MetersSettings
 from services.meters.inject import ingestion
 from shared.bus import Publisher
+from shared.service import use_uvloop
 from shared.store import Mongo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,4 +60,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    use_uvloop()  # as the service runs it (shared.service.serve)
     asyncio.run(main())

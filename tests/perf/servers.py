@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import KafkaSettings
+from shared.service import use_uvloop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,6 +59,7 @@ def run_bench(
         )
         infra.start()
         kafka, mongo_url = infra.kafka_admin(), infra.mongo_url
+    use_uvloop()  # as the services run (shared.service.serve)
     try:
         asyncio.run(asyncio.wait_for(bench(kafka, mongo_url), limit_seconds))
     finally:

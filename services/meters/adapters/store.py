@@ -37,11 +37,6 @@ INDEXES = {
 }
 
 
-def reading_doc(doc: Document) -> Document:
-    """A reading as buffered (JSON) -> as stored (dates as dates)."""
-    return {**doc, "read_at": datetime.fromisoformat(doc["read_at"]), "accepted_at": utcnow()}
-
-
 def decision_doc(doc: Document) -> Document:
     return {**doc, "decided_at": utcnow()}
 

@@ -9,7 +9,7 @@ serves manual, phoned-in and automatic readings.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
@@ -87,6 +87,23 @@ class DeviceMemory:
     # Adapter bookkeeping carried with the state: the last offset decided per input topic
     # (see services.meters.adapters.stream).
     positions: dict[str, int] = field(default_factory=dict)
+
+    def but(self, **changes: Any) -> DeviceMemory:
+        """A copy with ``changes`` (``dataclasses.replace`` without its introspection: this
+        runs for every report)."""
+        copy = DeviceMemory(
+            self.counters,
+            self.read_at,
+            self.manual_day,
+            self.manual_at,
+            self.last_seen,
+            self.errors,
+            self.stale,
+            self.positions,
+        )
+        for name, value in changes.items():
+            setattr(copy, name, value)
+        return copy
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -169,10 +186,8 @@ def _device_refusal(device: Device | None) -> Refusal | None:
 
 
 def _accept(memory: DeviceMemory, reading: Reading) -> DeviceMemory:
-    return replace(
-        memory,
-        counters={**memory.counters, **reading.counters},
-        read_at=reading.read_at.isoformat(),
+    return memory.but(
+        counters={**memory.counters, **reading.counters}, read_at=reading.read_at.isoformat()
     )
 
 
@@ -241,15 +256,23 @@ def ingest_report(memory: DeviceMemory, report: Report, device: Device) -> Decis
     exact repeat of the last accepted counters is dropped; a counter that went down is an
     anomaly, never accepted. Error codes are a fault when their set differs from the last
     report's (a cleared set re-arms it). A report from a quiet device marks it back."""
-    after = replace(memory, last_seen=report.received_at)
+    codes = sorted(set(report.errors)) if report.errors else []
+    # One copy of the state per report, changed in place below (this runs for every report).
+    after = DeviceMemory(
+        memory.counters,
+        memory.read_at,
+        memory.manual_day,
+        memory.manual_at,
+        report.received_at,
+        codes,
+        False,
+        memory.positions,
+    )
     decision = Decision(after)
     if memory.stale:
-        after.stale = False
         decision.stale = False
-    codes = sorted(set(report.errors))
     if codes and codes != sorted(memory.errors):
         decision.fault = codes
-    after.errors = codes
     if not report.counters:
         return decision
     lower = lower_counters(memory.counters, report.counters)
@@ -260,7 +283,7 @@ def ingest_report(memory: DeviceMemory, report: Report, device: Device) -> Decis
             if r.counter is not None and r.previous is not None and r.submitted is not None
         }
         return decision
-    if all(memory.counters.get(k) == v for k, v in report.counters.items()):
+    if report.counters.items() <= memory.counters.items():  # every counter as last accepted
         decision.duplicate = True
         return decision
     reading = Reading(
@@ -272,8 +295,8 @@ def ingest_report(memory: DeviceMemory, report: Report, device: Device) -> Decis
         counters=dict(report.counters),
         read_at=report.sent_at,
     )
-    accepted = _accept(after, reading)
-    decision.memory = accepted
+    after.counters = {**memory.counters, **reading.counters}
+    after.read_at = reading.read_at.isoformat()
     decision.reading = reading
     return decision
 
@@ -290,7 +313,7 @@ def check_stale(memory: DeviceMemory, device: Device | None, now: float, after: 
         or now - memory.last_seen <= after
     ):
         return Decision(memory)
-    return Decision(replace(memory, stale=True), stale=True)
+    return Decision(memory.but(stale=True), stale=True)
 
 
 def is_quiet(memory: DeviceMemory, now: float, after: float) -> bool:
