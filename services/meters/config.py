@@ -24,6 +24,12 @@ class IngestSettings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         50, ge=1, description="Longest a fetch waits at the broker for new telemetry."
     )
+    hole_grace_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long an input past a hole in its partition waits for the hole to be "
+        "fetched again before the hole is taken to be in the log itself.",
+    )
     commit_interval_seconds: float = Field(
         1.0, gt=0, description="How often faust commits acknowledged offsets."
     )

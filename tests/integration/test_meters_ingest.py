@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.meters.adapters.store import DECISIONS, INDEXES, READINGS
-from services.meters.adapters.stream import Ingestor
+from services.meters.adapters.stream import WATERMARK_PREFIX, Ingestor
 from services.meters.config import IngestSettings, MetersSettings
 from services.meters.core import handlers
 from services.meters.inject import KafkaCommandBus, ingestion
@@ -328,10 +328,18 @@ async def test_changelog_records_land_on_their_keys_partition(worker: Worker) ->
     # Written by the earlier tests; the producer's partitioner is the reference.
     changelog = f"{worker.app_id}-devices-changelog"
     records = await read_topic(worker.settings.kafka, changelog)
-    assert len(records) >= 5
     partitioner = DefaultPartitioner()
-    for r in records:
+    states = [r for r in records if not r.key.startswith(WATERMARK_PREFIX)]
+    assert len(states) >= 5
+    for r in states:
         assert r.partition == partitioner(r.key, [0, 1, 2], [0, 1, 2]), r.key
+    # Each input partition's watermark (its last decided offset) on that same partition.
+    watermarks = [r for r in records if r.key.startswith(WATERMARK_PREFIX)]
+    assert {r.key.decode().rsplit(":", 1)[0] for r in watermarks} >= {
+        f"\x00watermark:{worker.telemetry}"
+    }
+    for r in watermarks:
+        assert r.partition == int(r.key.rsplit(b":", 1)[1]), r.key
 
 
 async def test_a_quiet_device_goes_stale_once_and_comes_back(worker: Worker) -> None:
