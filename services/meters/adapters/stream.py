@@ -44,7 +44,6 @@ from faust.types import TP
 from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.meters.adapters import faust_eager
 from services.meters.adapters.directory import Directory
 from services.meters.adapters.store import (
     LocalDecisions,
@@ -108,7 +107,7 @@ def build_faust_app(
     datadir = Path(ingest.data_dir or tempfile.gettempdir()) / f"{app_id}-data"
     # faust expects the folder to exist (a first `make run` has none yet).
     datadir.mkdir(parents=True, exist_ok=True)
-    return faust_eager.App(
+    return faust.App(
         app_id,
         **faust_broker_settings(kafka),
         store="memory://",
