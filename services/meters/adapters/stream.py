@@ -22,6 +22,9 @@ Durability, in order:
    input at or below it is a re-delivery whose outputs are already written, and is dropped.
    An input whose state was not written yet is decided again, after a crash, against the same
    older state: the same decision, the same ids, nothing doubled.
+4. Inputs are decided in offset order per partition, without holes: the table also holds each
+   input partition's last decided offset (its watermark), and an input past a hole is refused
+   and its partition sought back (``Ingestor._in_order``).
 """
 
 from __future__ import annotations
