@@ -196,6 +196,10 @@ def serve(app: FastAPI, settings: ServiceSettings, port: int) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Longer than any client's or proxy's idle timeout (httpx keeps a connection 5 s,
+        # proxies typically 60 s): uvicorn's own 5 s raced httpx's, and a request sent on a
+        # connection the server was closing at that moment got no answer.
+        timeout_keep_alive=75,
         # The socket peer stays the peer: a service that needs the client behind a proxy
         # decides whom to believe itself (identity: FLEETDESK_IDENTITY_TRUSTED_PROXIES).
         proxy_headers=False,
