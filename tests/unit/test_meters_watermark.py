@@ -38,12 +38,8 @@ def event(offset: int, partition: int = 0, topic: str = "telemetry") -> Any:
 
 
 def take(ing: Any, offset: int, partition: int = 0) -> bool:
-    """The agent's first step for one input: decided (and its watermark advanced) or refused."""
-    e = event(offset, partition)
-    if not ing._in_order(e):
-        return False
-    ing._advance_watermark(e.message)
-    return True
+    """The agent's first step for one input: admitted (its watermark advanced) or refused."""
+    return bool(ing._admit(event(offset, partition).message))
 
 
 async def test_an_input_past_a_hole_is_refused_and_its_partition_sought_back_once() -> None:
@@ -56,7 +52,7 @@ async def test_an_input_past_a_hole_is_refused_and_its_partition_sought_back_onc
     assert ing.stats.holes == 1
     assert [take(ing, o) for o in (3, 4, 5, 6)] == [True, True, True, True]  # fetched again
     assert take(ing, 5) is True  # a re-delivery at or below the watermark goes on as before
-    assert ing._watermark("telemetry", 0) == 6
+    assert ing._state(stream._watermark_key("telemetry", 0))["offset"] == 6
 
 
 async def test_the_watermark_comes_back_from_the_table_after_a_handover() -> None:
@@ -86,4 +82,4 @@ async def test_partitions_and_topics_have_their_own_watermarks() -> None:
     assert take(ing, 12, partition=0) is False
     assert take(ing, 501, partition=1) is True  # a hole elsewhere does not stop it
     commands = event(7, 0, topic="commands")
-    assert ing._in_order(commands) is True
+    assert ing._admit(commands.message) is True

@@ -24,7 +24,7 @@ Durability, in order:
    older state: the same decision, the same ids, nothing doubled.
 4. Inputs are decided in offset order per partition, without holes: the table also holds each
    input partition's last decided offset (its watermark), and an input past a hole is refused
-   and its partition sought back (``Ingestor._in_order``).
+   and its partition sought back (``Ingestor._admit``).
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ class Ingestor:
         await self.directory.caught_up.wait()
         self._bound_fetch_wait()
         async for event in stream.noack().events():
-            if not self._in_order(event):
+            if not self._admit(event.message):
                 continue  # neither decided nor acknowledged: its partition is sought back
             try:
                 self._decide(event)
@@ -280,7 +280,6 @@ class Ingestor:
                 self._dead_letter(event, f"{type(exc).__name__}: {exc}")
             # Every input is acknowledged by the flush that makes its outputs durable.
             self._batch.inputs.append(event)
-            self._advance_watermark(event.message)
             batch = self._batch
             if batch.urgent or len(batch) >= self.settings.batch_size:
                 self._due.set()  # the flusher writes it while the stream goes on deciding
@@ -300,18 +299,23 @@ class Ingestor:
         except AttributeError as exc:  # another faust or aiokafka: keep theirs, say so
             log.warning("cannot bound the consumer's fetch wait", error=repr(exc))
 
-    def _in_order(self, event: Any) -> bool:
+    def _admit(self, msg: Any) -> bool:
         """Whether this input comes right after the last one decided on its partition (or at or
-        before it: a re-delivery). The worker never decides past a hole: faust clears its stream
+        before it: a re-delivery); if so, the partition's watermark moves to it (the agent
+        handles every admitted input, with no wait in between). The worker never decides past
+        a hole: faust clears its stream
         buffers when partitions are revoked, and an input fetched before the rebalance but
         decided after it could otherwise carry the committed offset past the cleared ones (seen
         here: a range of 88 inputs never decided, their offsets committed). An input past a
         hole is neither decided nor acknowledged, and its partition is sought back to the hole;
         a hole still there after ``hole_grace_seconds`` is in the log itself (transaction
         markers, retention) and is passed."""
-        msg = event.message
-        last = self._watermark(msg.topic, msg.partition)
+        key = _watermark_key(msg.topic, msg.partition)
+        state = self._state(key)
+        last = None if state is None else int(state["offset"])
         if last is None or msg.offset <= last + 1:
+            if last is None or msg.offset > last:
+                self._batch.states[key] = (msg.partition, {"offset": msg.offset})
             return True
         tp = (msg.topic, msg.partition)
         expected, now = last + 1, time.monotonic()
@@ -339,19 +343,8 @@ class Ingestor:
             missing=f"{expected}-{msg.offset - 1}",
         )
         del self._holes[tp]
+        self._batch.states[key] = (msg.partition, {"offset": msg.offset})
         return True
-
-    def _watermark(self, topic: str, partition: int) -> int | None:
-        """The last offset decided on this input partition (this batch's, the one being
-        flushed, or the table's: written with the states, recovered with them)."""
-        state = self._state(_watermark_key(topic, partition))
-        return None if state is None else int(state["offset"])
-
-    def _advance_watermark(self, msg: Any) -> None:
-        last = self._watermark(msg.topic, msg.partition)
-        if last is None or msg.offset > last:
-            key = _watermark_key(msg.topic, msg.partition)
-            self._batch.states[key] = (msg.partition, {"offset": msg.offset})
 
     async def _flush_until_done(self) -> None:
         """Infrastructure failures (MongoDB, the broker) are retried, never skipped: the
@@ -662,8 +655,8 @@ class Ingestor:
 
     async def _write(self, batch: Batch) -> None:
         size = self.settings.insert_batch_size
-        accepted_at = utcnow()
-        readings = [{**o["doc"], "accepted_at": accepted_at} for o in batch.readings]
+        now = utcnow()  # when the batch's readings were accepted and its events occurred
+        readings = [{**o["doc"], "accepted_at": now} for o in batch.readings]
         for start in range(0, len(readings), size):
             await insert_ignoring_duplicates(self.db[READINGS], readings[start : start + size])
         if batch.decisions:
@@ -671,13 +664,13 @@ class Ingestor:
                 self.db[DECISIONS], [decision_doc(o["doc"]) for o in batch.decisions]
             )
         records: list[Record] = []
-        producer, occurred_at = self.publisher.service, utcnow()
+        producer = self.publisher.service
         for out in batch.events:
             headers = envelope_headers(
                 out["event_id"],
                 out["event_type"],
                 producer,
-                occurred_at=occurred_at,
+                occurred_at=now,
                 correlation_id=out["correlation_id"],
             )
             key = out["key"].encode()

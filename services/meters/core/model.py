@@ -185,10 +185,10 @@ def _device_refusal(device: Device | None) -> Refusal | None:
     return None
 
 
-def _accept(memory: DeviceMemory, reading: Reading) -> DeviceMemory:
-    return memory.but(
-        counters={**memory.counters, **reading.counters}, read_at=reading.read_at.isoformat()
-    )
+def _accept(after: DeviceMemory, reading: Reading) -> None:
+    """Record an accepted reading on ``after``, a copy of the state its caller owns."""
+    after.counters = {**after.counters, **reading.counters}
+    after.read_at = reading.read_at.isoformat()
 
 
 @dataclass(frozen=True)
@@ -234,9 +234,8 @@ def submit_reading(memory: DeviceMemory, cmd: Submission, device: Device | None)
         submitted_by=cmd.submitted_by,
         reason=cmd.reason,
     )
-    after = _accept(memory, reading)
-    after.manual_day = day
-    after.manual_at = cmd.submitted_at.isoformat()
+    after = memory.but(manual_day=day, manual_at=cmd.submitted_at.isoformat())
+    _accept(after, reading)
     return Decision(after, reading=reading)
 
 
@@ -258,16 +257,7 @@ def ingest_report(memory: DeviceMemory, report: Report, device: Device) -> Decis
     report's (a cleared set re-arms it). A report from a quiet device marks it back."""
     codes = sorted(set(report.errors)) if report.errors else []
     # One copy of the state per report, changed in place below (this runs for every report).
-    after = DeviceMemory(
-        memory.counters,
-        memory.read_at,
-        memory.manual_day,
-        memory.manual_at,
-        report.received_at,
-        codes,
-        False,
-        memory.positions,
-    )
+    after = memory.but(last_seen=report.received_at, errors=codes, stale=False)
     decision = Decision(after)
     if memory.stale:
         decision.stale = False
@@ -295,8 +285,7 @@ def ingest_report(memory: DeviceMemory, report: Report, device: Device) -> Decis
         counters=dict(report.counters),
         read_at=report.sent_at,
     )
-    after.counters = {**memory.counters, **reading.counters}
-    after.read_at = reading.read_at.isoformat()
+    _accept(after, reading)
     decision.reading = reading
     return decision
 
