@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 
 import pytest
 from aiokafka import TopicPartition
 
-from shared.bus import Message, Publisher
+from shared.bus import Handler, Message, Publisher, Subscription
 from shared.config import KafkaSettings
 from tests.integration.conftest import Ping, RunConsumer, committed, ping_topic, unique
 from tests.support import create_topic, eventually
@@ -25,13 +26,25 @@ async def test_records_of_a_revoked_partition_are_neither_handled_nor_committed_
     for n in range(60):
         await publisher.publish(topic, f"key-{n % 9}", Ping(n=n))
     handled: list[tuple[str, int]] = []
+    b_assigned = asyncio.Event()
 
-    def slow(name: str) -> object:
+    def slow(name: str) -> Handler:
         async def handle(msg: Message) -> None:
             handled.append((name, msg.parse(Ping).n))
-            await asyncio.sleep(0.1)
+            if b_assigned.is_set():
+                await asyncio.sleep(0.1)
+                return
+            # Until the rebalance has given the second consumer partitions, the first one works
+            # at up to 1 s a record, so that its records outlast a slow rebalance on a loaded
+            # machine (at 0.1 s it once handled all 60 first). No longer: a revoke waits for it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(b_assigned.wait(), 1.0)
 
         return handle
+
+    async def on_b_assigned(partitions: list[TopicPartition]) -> None:
+        if partitions:
+            b_assigned.set()
 
     group = unique("slow")
     first = await run_consumer(group, {topic.name: slow("a")})
@@ -40,7 +53,9 @@ async def test_records_of_a_revoked_partition_are_neither_handled_nor_committed_
         return len(handled) >= 5
 
     await eventually(a_is_busy, what="the first consumer is handling its fetched records")
-    second = await run_consumer(group, {topic.name: slow("b")})
+    second = await run_consumer(
+        Subscription(group, {topic.name: slow("b")}, on_assigned=on_b_assigned)
+    )
 
     async def all_handled() -> bool:
         return len({n for _, n in handled}) == 60
