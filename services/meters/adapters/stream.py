@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,9 +44,11 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
+from faust.types.tuples import Message
 from pydantic import ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.meters.adapters import faust_direct
 from services.meters.adapters.directory import Directory
 from services.meters.adapters.store import (
     LocalDecisions,
@@ -88,6 +90,7 @@ log = get_logger(__name__)
 APP_ID = "meters.ingest"  # also the consumer group; every internal topic starts with it
 TABLE = "devices"  # changelog: meters.ingest-devices-changelog
 READINGS = "readings"
+YIELD_EVERY = 256  # inputs decided between two turns of the event loop
 DECISIONS = "decisions"
 
 
@@ -110,7 +113,7 @@ def build_faust_app(
     datadir = Path(ingest.data_dir or tempfile.gettempdir()) / f"{app_id}-data"
     # faust expects the folder to exist (a first `make run` has none yet).
     datadir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return faust_direct.App(
         app_id,
         **faust_broker_settings(kafka),
         store="memory://",
@@ -147,7 +150,7 @@ class Batch:
     readings: list[Document] = field(default_factory=list)
     decisions: list[Document] = field(default_factory=list)
     events: list[Document] = field(default_factory=list)
-    inputs: list[Any] = field(default_factory=list)  # faust events to acknowledge
+    inputs: list[Message] = field(default_factory=list)  # to acknowledge once durable
     # Each device's state after this batch, and the partition its changelog record goes to.
     states: dict[bytes, tuple[int, Document]] = field(default_factory=dict)
     urgent: bool = False
@@ -268,23 +271,49 @@ class Ingestor:
     # --- the agent --------------------------------------------------------------------------
 
     async def _agent(self, stream: Any) -> None:
+        """faust's agent on the inputs: it makes faust subscribe them and co-partition the
+        table with them. On :class:`faust_direct.DirectConsumer` (what ``build_faust_app``
+        builds) the inputs go to :meth:`receive` a poll at a time and this stream gets none;
+        on faust's own consumer, it hands them over one by one."""
+        consumer: Any = self.app.consumer
+        sinks = getattr(consumer, "sinks", None)
+        if sinks is not None:
+            for topic in self._tags:
+                sinks[topic] = self.receive
         await self.directory.caught_up.wait()
         self._bound_fetch_wait()
         async for event in stream.noack().events():
-            if not self._admit(event.message):
+            await self.receive((event.message,))
+
+    async def receive(self, messages: Sequence[Message]) -> None:
+        """Decide inputs in order; each is acknowledged by the flush that makes its outputs
+        durable. A rebalance while they are decided drops the rest (fetched for the old
+        assignment: faust seeks back to the committed offsets)."""
+        await self.directory.caught_up.wait()
+        app, settings = self.app, self.settings
+        consumer: Any = app.consumer
+        generation = app.consumer_generation_id
+        for n, msg in enumerate(messages, 1):
+            if not self._admit(msg):
                 continue  # neither decided nor acknowledged: its partition is sought back
             try:
-                self._decide(event)
+                self._decide(msg)
             except Exception as exc:  # a bug, not the message: park it, keep the stream going
-                log.exception("decision failed", topic=event.message.topic)
-                self._dead_letter(event, f"{type(exc).__name__}: {exc}")
-            # Every input is acknowledged by the flush that makes its outputs durable.
-            self._batch.inputs.append(event)
+                log.exception("decision failed", topic=msg.topic)
+                self._dead_letter(msg, f"{type(exc).__name__}: {exc}")
+            self._batch.inputs.append(msg)
             batch = self._batch
-            if batch.urgent or len(batch) >= self.settings.batch_size:
+            waited = False
+            if batch.urgent or len(batch) >= settings.batch_size:
                 self._due.set()  # the flusher writes it while the stream goes on deciding
-                if len(batch) >= 2 * self.settings.batch_size:
+                if len(batch) >= 2 * settings.batch_size:
                     await self._flush_until_done()  # the flusher is behind: wait for it
+                    waited = True
+            if n % YIELD_EVERY == 0 and not waited:
+                await asyncio.sleep(0)  # the flusher, timers and HTTP get their turn
+                waited = True
+            if waited and (not consumer.flow_active or generation != app.consumer_generation_id):
+                return
 
     def _bound_fetch_wait(self) -> None:
         """faust builds its consumer with ``fetch_max_wait_ms=1500``, hard-coded. The consumer
@@ -359,23 +388,23 @@ class Ingestor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _decide(self, event: Any) -> None:
-        msg = event.message
+    def _decide(self, msg: Message) -> None:
         tag = self._tags[msg.topic]
         position = f"{msg.topic}:{msg.partition}:{msg.offset}"
-        key: bytes | None = event.key
+        key: bytes | None = msg.key
         if key is None:
-            self._dead_letter(event, "no key: messages must be keyed by serial")
+            self._dead_letter(msg, "no key: messages must be keyed by serial")
             return
         memory = DeviceMemory.from_dict(self._state(key))
         if memory.positions.get(tag, -1) >= msg.offset:
             self.stats.replayed += 1  # decided before, its outputs durable: nothing to do
             return
         if tag == "t":
-            decision, outputs = self._telemetry(event, key, position, memory)
+            decision, outputs = self._telemetry(msg, key, position, memory)
         else:
-            headers = {k: bytes(v).decode(errors="replace") for k, v in (msg.headers or ())}
-            decision, outputs = self._command(event, key, position, headers, memory)
+            raw: Any = msg.headers or ()  # aiokafka's (name, bytes) pairs
+            headers = {k: bytes(v).decode(errors="replace") for k, v in raw}
+            decision, outputs = self._command(msg, key, position, headers, memory)
         if decision is None:
             return
         after = decision.memory
@@ -402,8 +431,7 @@ class Ingestor:
             else:
                 self._batch.events.append(out)
 
-    def _dead_letter(self, event: Any, reason: str) -> None:
-        msg = event.message
+    def _dead_letter(self, msg: Message, reason: str) -> None:
         self.stats.dead_lettered += 1
         value = msg.value if isinstance(msg.value, bytes) else b""
         letter = DeadLetter(
@@ -428,20 +456,19 @@ class Ingestor:
     # --- deciding ---------------------------------------------------------------------------
 
     def _telemetry(
-        self, event: Any, key: bytes, position: str, memory: DeviceMemory
+        self, msg: Message, key: bytes, position: str, memory: DeviceMemory
     ) -> tuple[Decision | None, list[Document]]:
-        msg = event.message
         try:
             report = TelemetryReport.model_validate_json(msg.value or b"")
         except ValidationError as exc:
-            self._dead_letter(event, f"invalid TelemetryReport: {_short(exc)}")
+            self._dead_letter(msg, f"invalid TelemetryReport: {_short(exc)}")
             return None, []
         if report.serial.encode() != key:
-            self._dead_letter(event, "the key and the report's serial differ")
+            self._dead_letter(msg, "the key and the report's serial differ")
             return None, []
         device = self.directory.by_serial(report.serial)
         if device is None:
-            self._dead_letter(event, "unknown serial: no device has it")
+            self._dead_letter(msg, "unknown serial: no device has it")
             return None, []
         if device.removed:
             self.stats.removed_dropped += 1
@@ -514,13 +541,12 @@ class Ingestor:
 
     def _command(
         self,
-        event: Any,
+        msg: Message,
         key: bytes,
         position: str,
         headers: dict[str, str],
         memory: DeviceMemory,
     ) -> tuple[Decision | None, list[Document]]:
-        msg = event.message
         event_type = headers.get(HEADER_EVENT_TYPE)
         try:
             if event_type == StaleCheck.event_type:
@@ -537,7 +563,7 @@ class Ingestor:
                 return (decision if decision.stale else None), []
             cmd = ReadingSubmitted.model_validate_json(msg.value or b"")
         except ValidationError as exc:
-            self._dead_letter(event, f"invalid command: {_short(exc)}")
+            self._dead_letter(msg, f"invalid command: {_short(exc)}")
             return None, []
         device = self.directory.by_serial(cmd.serial)
         if device is not None and device.device_id != cmd.device_id:
@@ -644,8 +670,9 @@ class Ingestor:
                 raise
             finally:
                 self._flushing = {}
-            for event in batch.inputs:
-                event.ack()
+            ack = self.app.consumer.ack
+            for msg in batch.inputs:
+                ack(msg)
             self.flushed += len(batch)
             for doc in batch.decisions:
                 d = doc["doc"]
@@ -657,12 +684,16 @@ class Ingestor:
         size = self.settings.insert_batch_size
         now = utcnow()  # when the batch's readings were accepted and its events occurred
         readings = [{**o["doc"], "accepted_at": now} for o in batch.readings]
-        for start in range(0, len(readings), size):
-            await insert_ignoring_duplicates(self.db[READINGS], readings[start : start + size])
+        # The chunks go in side by side, each on its own connection: FerretDB and PostgreSQL
+        # work on them in parallel (one after the other, the worker mostly waited for them).
+        inserts = [
+            insert_ignoring_duplicates(self.db[READINGS], readings[start : start + size])
+            for start in range(0, len(readings), size)
+        ]
         if batch.decisions:
-            await insert_ignoring_duplicates(
-                self.db[DECISIONS], [decision_doc(o["doc"]) for o in batch.decisions]
-            )
+            decisions = [decision_doc(o["doc"]) for o in batch.decisions]
+            inserts.append(insert_ignoring_duplicates(self.db[DECISIONS], decisions))
+        await asyncio.gather(*inserts)
         records: list[Record] = []
         producer = self.publisher.service
         for out in batch.events:
