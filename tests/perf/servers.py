@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def bench_line(name: str, value: float, unit: str) -> None:
     """One figure as the benches print it: ``BENCH <name> <value> <unit>``."""
-    print(f"BENCH {name} {value:.1f} {unit}", flush=True)
+    digits = 2 if unit == "ratio" else 1  # a ratio of 0.26 is not 0.3
+    print(f"BENCH {name} {value:.{digits}f} {unit}", flush=True)
 
 
 def local_infra_module() -> Any:

@@ -8,6 +8,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from services.meters.adapters import stream
 from services.meters.config import IngestSettings
 
@@ -83,3 +85,34 @@ async def test_partitions_and_topics_have_their_own_watermarks() -> None:
     assert take(ing, 501, partition=1) is True  # a hole elsewhere does not stop it
     commands = event(7, 0, topic="commands")
     assert ing._admit(commands.message) is True
+
+
+async def test_a_rebalance_while_a_poll_is_decided_drops_the_rest_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker yields to the loop every few inputs; when faust has stopped the flow (a
+    revocation) or the generation moved on, the rest of the poll is neither decided nor
+    acknowledged: it is fetched again from the committed offsets."""
+    monkeypatch.setattr(stream, "YIELD_EVERY", 2)
+    ing = ingestor()
+    ing.directory = SimpleNamespace(caught_up=asyncio.Event())
+    ing.directory.caught_up.set()
+    ing.app.consumer.flow_active = True
+    ing.app.consumer_generation_id = 1
+    ing._due = asyncio.Event()
+    decided: list[int] = []
+    ing._decide = lambda m: decided.append(m.offset)
+
+    async def revoke_soon() -> None:
+        ing.app.consumer.flow_active = False  # runs at the worker's first yield
+
+    revocation = asyncio.create_task(revoke_soon())
+    await ing.receive([event(o).message for o in range(6)])
+    await revocation
+    assert decided == [0, 1]
+    assert [m.offset for m in ing._batch.inputs] == [0, 1]  # to be acknowledged once durable
+
+    ing.app.consumer.flow_active = True
+    ing.app.consumer_generation_id = 2  # a new generation: faust sought back to offset 2
+    await ing.receive([event(o).message for o in range(2, 6)])
+    assert decided == [0, 1, 2, 3, 4, 5]

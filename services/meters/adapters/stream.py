@@ -210,7 +210,7 @@ class Ingestor:
         self._flushing: dict[bytes, tuple[int, Document]] = {}  # states being written now
         self._due = asyncio.Event()
         self._partitions: dict[str, list[int]] = {}
-        self._partition_cache: dict[tuple[str, bytes], int] = {}
+        self._partition_cache: dict[str, dict[bytes, int]] = {}  # topic: {key: partition}
         self._partitioner = DefaultPartitioner()
         self._lock = asyncio.Lock()
         self._stale_pending: set[bytes] = set()
@@ -696,6 +696,10 @@ class Ingestor:
         await asyncio.gather(*inserts)
         records: list[Record] = []
         producer = self.publisher.service
+        for target in {out["target"] for out in batch.events} - self._partitions.keys():
+            partitions = await self._events_producer().partitions_for(target)
+            self._partitions[target] = sorted(partitions)
+        partition_for = self._partition_for
         for out in batch.events:
             headers = envelope_headers(
                 out["event_id"],
@@ -706,7 +710,7 @@ class Ingestor:
             )
             key = out["key"].encode()
             target = out["target"]
-            partition = await self._partition_for(target, key)
+            partition = partition_for(target, key)
             records.append((target, partition, key, out["value"], headers))
         await self._send_records(records)
 
@@ -724,21 +728,17 @@ class Ingestor:
         for key, (_, state) in states.items():
             table.data[key] = state
 
-    async def _partition_for(self, topic: str, key: bytes) -> int:
+    def _partition_for(self, topic: str, key: bytes) -> int:
         """The producer's default partitioner (murmur2, as every Kafka client), cached per key:
-        computing it in Python for each event costs more than the rest of the send."""
-        cached = self._partition_cache.get((topic, key))
-        if cached is not None:
-            return cached
-        partitions = self._partitions.get(topic)
-        if partitions is None:
-            producer = self._events_producer()
-            partitions = sorted(await producer.partitions_for(topic))
-            self._partitions[topic] = partitions
-        partition: int = self._partitioner(key, partitions, partitions)
-        if len(self._partition_cache) >= 2_000_000:
-            self._partition_cache.clear()
-        self._partition_cache[(topic, key)] = partition
+        computing it in Python for each event costs more than the rest of the send. The
+        topic's partitions are known (``_write`` asks for them first)."""
+        cache = self._partition_cache.get(topic)
+        if cache is None or len(cache) >= 1_000_000:
+            cache = self._partition_cache[topic] = {}
+        partition = cache.get(key)
+        if partition is None:
+            partitions = self._partitions[topic]
+            partition = cache[key] = self._partitioner(key, partitions, partitions)
         return partition
 
     def _events_producer(self) -> AIOKafkaProducer:
