@@ -13,8 +13,9 @@ same run:
 - latency: reports sent at half the measured rate; end-to-end time from a report's
   ``sent_at`` to its ``ReadingAccepted`` on ``meters.events`` (p50, p99);
 - scale-out: the same backlog decided again by one worker process, then by two (each its own
-  consumer group and database), timed from the first persisted reading to the last: the
-  two-worker rate and its ratio to one (``BENCH_WORKERS=0`` skips it).
+  consumer group and database), timed on ``meters.events`` from the first ``ReadingAccepted``
+  to the last (each is published once its reading is durable): the two-worker rate and its
+  ratio to one (``BENCH_WORKERS=0`` skips it).
 Each figure on a ``BENCH <name> <value> <unit>`` line. Bounded: fixed counts, a time limit.
 Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` and ``FLEETDESK_TEST_MONGO_URL`` when both are set
 (security from ``FLEETDESK_KAFKA_*``), else local servers (SASL, as the super user).
