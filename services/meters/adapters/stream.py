@@ -90,8 +90,8 @@ log = get_logger(__name__)
 APP_ID = "meters.ingest"  # also the consumer group; every internal topic starts with it
 TABLE = "devices"  # changelog: meters.ingest-devices-changelog
 READINGS = "readings"
-YIELD_EVERY = 256  # inputs decided between two turns of the event loop
 DECISIONS = "decisions"
+YIELD_EVERY = 256  # inputs decided between two turns of the event loop
 
 
 def faust_broker_settings(kafka: KafkaSettings) -> dict[str, Any]:
