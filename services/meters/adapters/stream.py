@@ -328,17 +328,17 @@ class Ingestor:
         except AttributeError as exc:  # another faust or aiokafka: keep theirs, say so
             log.warning("cannot bound the consumer's fetch wait", error=repr(exc))
 
-    def _admit(self, msg: Any) -> bool:
+    def _admit(self, msg: Message) -> bool:
         """Whether this input comes right after the last one decided on its partition (or at or
-        before it: a re-delivery); if so, the partition's watermark moves to it (the agent
-        handles every admitted input, with no wait in between). The worker never decides past
-        a hole: faust clears its stream
-        buffers when partitions are revoked, and an input fetched before the rebalance but
-        decided after it could otherwise carry the committed offset past the cleared ones (seen
-        here: a range of 88 inputs never decided, their offsets committed). An input past a
-        hole is neither decided nor acknowledged, and its partition is sought back to the hole;
-        a hole still there after ``hole_grace_seconds`` is in the log itself (transaction
-        markers, retention) and is passed."""
+        before it: a re-delivery); if so, the partition's watermark moves to it (``receive``
+        decides every admitted input, with no wait in between). The worker never decides past
+        a hole: faust clears its stream buffers when partitions are revoked (direct delivery
+        drops the poll), and an input fetched before the rebalance but decided after it could
+        otherwise carry the committed offset past the dropped ones (seen here: a range of 88
+        inputs never decided, their offsets committed). An input past a hole is neither decided
+        nor acknowledged, and its partition is sought back to the hole; a hole still there after
+        ``hole_grace_seconds`` is in the log itself (transaction markers, retention) and is
+        passed."""
         key = _watermark_key(msg.topic, msg.partition)
         state = self._state(key)
         last = None if state is None else int(state["offset"])
