@@ -151,6 +151,18 @@ async def baseline(kafka: KafkaSettings, topic: str, mongo: Mongo) -> float:
     return REPORTS / (time.perf_counter() - started)
 
 
+async def events_from_now(kafka: KafkaSettings) -> AIOKafkaConsumer:
+    """A started consumer of ``meters.events`` (as the platform's topic setup made it, with
+    these settings' partition count) at its end: only what is published from now on."""
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None)
+    await consumer.start()
+    tps = [TopicPartition(METER_EVENTS.name, p) for p in range(kafka.partitions)]
+    consumer.assign(tps)
+    for tp, end in (await consumer.end_offsets(tps)).items():
+        consumer.seek(tp, end)
+    return consumer
+
+
 async def latency(
     kafka: KafkaSettings, telemetry: str, serials: list[str], rate: float, since_ms: int
 ) -> list[float]:
@@ -159,13 +171,7 @@ async def latency(
     sim = Simulator(serials[:count], Odds(0, 0, 0, 0), seed=11)
     for device in sim.devices:  # the same devices, later: every counter above the backlog's
         device.counters = {name: value + 10_000_000 for name, value in device.counters.items()}
-    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None, auto_offset_reset="latest")
-    await consumer.start()
-    # meters.events as the platform's topic setup made it (ensure_topics with these settings)
-    tps = [TopicPartition("meters.events", p) for p in range(kafka.partitions)]
-    consumer.assign(tps)
-    for tp in tps:
-        consumer.seek(tp, (await consumer.end_offsets([tp]))[tp])
+    consumer = await events_from_now(kafka)
     samples: list[float] = []
     seen: dict[str, int] = {}
     sender = asyncio.create_task(produce(kafka, telemetry, sim.stream(count), rate))
@@ -214,12 +220,7 @@ async def workers_rate(
         "METERS_TEST_TELEMETRY": topics[0],
         "METERS_TEST_COMMANDS": topics[1],
     }
-    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None)
-    await consumer.start()
-    tps = [TopicPartition(METER_EVENTS.name, p) for p in range(kafka.partitions)]
-    consumer.assign(tps)
-    for tp, end in (await consumer.end_offsets(tps)).items():
-        consumer.seek(tp, end)  # only this run's events
+    consumer = await events_from_now(kafka)
     accepted = ReadingAccepted.event_type.encode()
     procs = [meters_worker.spawn(env, logs / f"worker-{i}.log") for i in range(workers)]
     first: tuple[float, int] | None = None
