@@ -47,6 +47,13 @@ class IngestSettings(BaseSettings):
     decision_timeout_seconds: float = Field(
         5.0, gt=0, description="How long a manual submission waits for the owner's decision."
     )
+    gc_young_threshold: int = Field(
+        50_000,
+        ge=700,
+        description="Allocations between two collections of Python's youngest generation in "
+        "the worker process (Python's default, 700, spent a quarter of the worker's time in "
+        "the garbage collector at full rate).",
+    )
     data_dir: str | None = Field(
         None, description="Directory for faust's data (default: the system temp directory)."
     )

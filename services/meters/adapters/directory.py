@@ -42,11 +42,19 @@ class Directory:
         self._devices: dict[str, _Entry] = {}
         self._serials: dict[str, str] = {}
         self._zones: dict[str, tuple[int, str]] = {}
+        # Each device as the rules see it, built once (a report looks one up): dropped when
+        # the device or its organisation changes.
+        self._built: dict[str, Device] = {}
         self.caught_up = asyncio.Event()
 
     def device(self, device_id: str) -> Device | None:
-        entry = self._devices.get(device_id)
-        return self._device(entry) if entry else None
+        built = self._built.get(device_id)
+        if built is None:
+            entry = self._devices.get(device_id)
+            if entry is None:
+                return None
+            built = self._built[device_id] = self._device(entry)
+        return built
 
     def by_serial(self, serial: str) -> Device | None:
         device_id = self._serials.get(serial)
@@ -71,6 +79,7 @@ class Directory:
         self._devices[state.device_id] = _Entry(
             state.revision, state.device_id, state.org_id, state.serial, removed, state.emaintenance
         )
+        self._built.pop(state.device_id, None)
         holder = self._serials.get(state.serial)
         holder_entry = self._devices.get(holder) if holder else None
         # A serial names the active device that has it; a removed one keeps it until then.
@@ -81,6 +90,7 @@ class Directory:
         known = self._zones.get(state.org_id)
         if known is None or known[0] < state.revision:
             self._zones[state.org_id] = (state.revision, state.timezone)
+            self._built.clear()  # rare: a time zone changed, or an organisation came
 
     def __len__(self) -> int:
         return len(self._devices)

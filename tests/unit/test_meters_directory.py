@@ -1,0 +1,40 @@
+"""The meters directory: a device is built once for the rules and rebuilt when it changes."""
+
+from __future__ import annotations
+
+from services.meters.adapters.directory import Directory
+from shared.contracts import DeviceState, OrganisationState
+
+
+def device_state(revision: int, *, removed: bool = False) -> DeviceState:
+    return DeviceState.model_construct(
+        device_id="dev-1", org_id="org-1", serial="SN-1", revision=revision, removed=removed
+    )
+
+
+def org_state(revision: int, timezone: str) -> OrganisationState:
+    return OrganisationState.model_construct(org_id="org-1", revision=revision, timezone=timezone)
+
+
+def test_a_device_is_built_once_and_rebuilt_when_it_or_its_organisation_changes() -> None:
+    directory = Directory()
+    directory.apply_organisation(org_state(1, "Europe/Helsinki"))
+    directory.apply_device(device_state(1))
+
+    first = directory.by_serial("SN-1")
+    assert first is not None and first.timezone == "Europe/Helsinki" and not first.removed
+    assert directory.by_serial("SN-1") is first  # looked up, not built again
+    assert directory.device("dev-1") is first
+
+    directory.apply_device(device_state(1, removed=True))  # an old revision: ignored
+    assert directory.by_serial("SN-1") is first
+
+    directory.apply_device(device_state(2, removed=True))
+    removed = directory.by_serial("SN-1")
+    assert removed is not None and removed.removed
+
+    directory.apply_organisation(org_state(2, "America/New_York"))
+    moved = directory.device("dev-1")
+    assert moved is not None and moved.timezone == "America/New_York" and moved.removed
+
+    assert directory.device("dev-2") is None and directory.by_serial("SN-2") is None
