@@ -34,11 +34,11 @@ import contextlib
 import gc
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import orjson
@@ -144,13 +144,33 @@ def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat()
 
 
+class EventOut(NamedTuple):
+    """An event to publish: its topic, key, type, id (the envelope's) and JSON value."""
+
+    target: str
+    key: str
+    event_type: str
+    event_id: str
+    value: bytes
+    correlation_id: str | None = None
+
+
+@dataclass(slots=True)
+class Outputs:
+    """What one input leads to: at most one reading, at most one decision, any events."""
+
+    reading: Document | None = None
+    decision: Document | None = None
+    events: list[EventOut] = field(default_factory=list)
+
+
 @dataclass
 class Batch:
     """Outputs waiting for the next flush, and the inputs they came from."""
 
     readings: list[Document] = field(default_factory=list)
     decisions: list[Document] = field(default_factory=list)
-    events: list[Document] = field(default_factory=list)
+    events: list[EventOut] = field(default_factory=list)
     inputs: list[Message] = field(default_factory=list)  # to acknowledge once durable
     # Each device's state after this batch, and the partition its changelog record goes to.
     states: dict[bytes, tuple[int, Document]] = field(default_factory=dict)
@@ -392,7 +412,6 @@ class Ingestor:
 
     def _decide(self, msg: Message) -> None:
         tag = self._tags[msg.topic]
-        position = f"{msg.topic}:{msg.partition}:{msg.offset}"
         key: bytes | None = msg.key
         if key is None:
             self._dead_letter(msg, "no key: messages must be keyed by serial")
@@ -401,6 +420,7 @@ class Ingestor:
         if memory.positions.get(tag, -1) >= msg.offset:
             self.stats.replayed += 1  # decided before, its outputs durable: nothing to do
             return
+        position = f"{msg.topic}:{msg.partition}:{msg.offset}"  # a reading's id, events' too
         if tag == "t":
             decision, outputs = self._telemetry(msg, key, position, memory)
         else:
@@ -422,16 +442,14 @@ class Ingestor:
         raw: Document | None = self.table.data.get(key)  # the store itself: no mapping layers
         return raw
 
-    def _add_outputs(self, outputs: Iterable[Document]) -> None:
-        for out in outputs:
-            kind = out["kind"]
-            if kind == "reading":
-                self._batch.readings.append(out)
-            elif kind == "decision":
-                self._batch.decisions.append(out)
-                self._batch.urgent = True  # someone waits for it
-            else:
-                self._batch.events.append(out)
+    def _add_outputs(self, outputs: Outputs) -> None:
+        batch = self._batch
+        if outputs.reading is not None:
+            batch.readings.append(outputs.reading)
+        if outputs.decision is not None:
+            batch.decisions.append(outputs.decision)
+            batch.urgent = True  # someone waits for it
+        batch.events.extend(outputs.events)
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
         self.stats.dead_lettered += 1
@@ -449,32 +467,29 @@ class Ingestor:
             failed_at=utcnow(),
         )
         self._batch.events.append(
-            _model_output(
-                "", msg.topic, msg.offset, DEAD_LETTER.name, msg.topic, letter,
-                f"dlq:{letter.event_id}",
-            )
-        )  # fmt: skip
+            _model_event(DEAD_LETTER.name, msg.topic, letter, f"dlq:{letter.event_id}")
+        )
 
     # --- deciding ---------------------------------------------------------------------------
 
     def _telemetry(
         self, msg: Message, key: bytes, position: str, memory: DeviceMemory
-    ) -> tuple[Decision | None, list[Document]]:
+    ) -> tuple[Decision | None, Outputs]:
         try:
             report = TelemetryReport.model_validate_json(msg.value or b"")
         except ValidationError as exc:
             self._dead_letter(msg, f"invalid TelemetryReport: {_short(exc)}")
-            return None, []
+            return None, NOTHING
         if report.serial.encode() != key:
             self._dead_letter(msg, "the key and the report's serial differ")
-            return None, []
+            return None, NOTHING
         device = self.directory.by_serial(report.serial)
         if device is None:
             self._dead_letter(msg, "unknown serial: no device has it")
-            return None, []
+            return None, NOTHING
         if device.removed:
             self.stats.removed_dropped += 1
-            return None, []
+            return None, NOTHING
         decision = model.ingest_report(
             memory,
             Report(
@@ -486,11 +501,10 @@ class Ingestor:
             ),
             device,
         )
-        outputs: list[Document] = []
-        topic, offset = msg.topic, msg.offset
+        outputs = Outputs()
         if decision.reading is not None:
             self.stats.accepted += 1
-            outputs.extend(self._accepted(decision.reading, position, topic, offset, None))
+            self._accepted(outputs, decision.reading, None)
         if decision.duplicate:
             self.stats.duplicates += 1
         problems: list[tuple[str, Event]] = []
@@ -515,31 +529,12 @@ class Ingestor:
             )
             problems.append(("fault", fault))
         for kind, problem in problems:
-            outputs.append(
-                _model_output(
-                    position, topic, offset, METER_EVENTS.name, device.device_id, problem,
-                    f"{position}:{kind}",
-                )
-            )  # fmt: skip
+            outputs.events.append(
+                _model_event(METER_EVENTS.name, device.device_id, problem, f"{position}:{kind}")
+            )
         if decision.stale is False and memory.last_seen is not None:
-            outputs.append(self._stale_output(device, memory.last_seen, True, position, msg))
+            outputs.events.append(_stale_event(device, memory.last_seen, True, position))
         return decision, outputs
-
-    def _stale_output(
-        self, device: model.Device, last_seen: float, recovered: bool, position: str, msg: Any
-    ) -> Document:
-        stale = DeviceStale(
-            device_id=device.device_id,
-            org_id=device.org_id,
-            serial=device.serial,
-            last_seen_at=datetime.fromtimestamp(last_seen, UTC),
-            recovered=recovered,
-        )
-        kind = "recovered" if recovered else "stale"
-        return _model_output(
-            position, msg.topic, msg.offset, METER_EVENTS.name, device.device_id, stale,
-            f"{position}:{kind}",
-        )  # fmt: skip
 
     def _command(
         self,
@@ -548,7 +543,7 @@ class Ingestor:
         position: str,
         headers: dict[str, str],
         memory: DeviceMemory,
-    ) -> tuple[Decision | None, list[Document]]:
+    ) -> tuple[Decision | None, Outputs]:
         event_type = headers.get(HEADER_EVENT_TYPE)
         try:
             if event_type == StaleCheck.event_type:
@@ -559,14 +554,13 @@ class Ingestor:
                     memory, device, time.time(), self.settings.stale_after_seconds
                 )
                 if decision.stale and device is not None and memory.last_seen is not None:
-                    return decision, [
-                        self._stale_output(device, memory.last_seen, False, position, msg)
-                    ]
-                return (decision if decision.stale else None), []
+                    stale = _stale_event(device, memory.last_seen, False, position)
+                    return decision, Outputs(events=[stale])
+                return (decision if decision.stale else None), NOTHING
             cmd = ReadingSubmitted.model_validate_json(msg.value or b"")
         except ValidationError as exc:
             self._dead_letter(msg, f"invalid command: {_short(exc)}")
-            return None, []
+            return None, NOTHING
         device = self.directory.by_serial(cmd.serial)
         if device is not None and device.device_id != cmd.device_id:
             device = self.directory.device(cmd.device_id)
@@ -582,41 +576,27 @@ class Ingestor:
             ),
             device,
         )
-        outputs: list[Document] = []
+        outputs = Outputs()
         reading_json: Document | None = None
         if decision.reading is not None:
             self.stats.accepted += 1
-            correlation = headers.get(HEADER_CORRELATION_ID)
-            outputs.extend(
-                self._accepted(decision.reading, position, msg.topic, msg.offset, correlation)
-            )
-            reading_json = {**outputs[0]["doc"], "read_at": _iso(decision.reading.read_at)}
+            doc = self._accepted(outputs, decision.reading, headers.get(HEADER_CORRELATION_ID))
+            reading_json = {**doc, "read_at": _iso(decision.reading.read_at)}
         else:
             self.stats.refused += 1
-        outputs.append(
-            {
-                "kind": "decision",
-                "position": position,
-                "topic": msg.topic,
-                "offset": msg.offset,
-                "doc": {
-                    "_id": cmd.command_id,
-                    "accepted": decision.reading is not None,
-                    "reading": reading_json,
-                    "refusals": [r.as_dict() for r in decision.refusals],
-                },
-            }
-        )
+        outputs.decision = {
+            "_id": cmd.command_id,
+            "accepted": decision.reading is not None,
+            "reading": reading_json,
+            "refusals": [r.as_dict() for r in decision.refusals],
+        }
         return decision, outputs
 
     def _accepted(
-        self,
-        reading: model.Reading,
-        position: str,
-        topic: str,
-        offset: int,
-        correlation_id: str | None,
-    ) -> list[Document]:
+        self, outputs: Outputs, reading: model.Reading, correlation_id: str | None
+    ) -> Document:
+        """The reading to store and its ``ReadingAccepted`` event, into ``outputs``; returns
+        the reading's document."""
         doc: Document = {
             "_id": reading.reading_id,
             "device_id": reading.device_id,
@@ -632,14 +612,14 @@ class Ingestor:
             doc["submitted_by"] = reading.submitted_by
         if reading.reason is not None:
             doc["reason"] = reading.reason
-        return [
-            {"kind": "reading", "position": position, "topic": topic, "offset": offset, "doc": doc},
-            _event_output(
-                position, topic, offset, METER_EVENTS.name, reading.device_id,
-                ReadingAccepted.event_type, accepted_payload(reading), reading.reading_id,
-                correlation_id,
-            ),
-        ]  # fmt: skip
+        outputs.reading = doc
+        outputs.events.append(
+            EventOut(
+                METER_EVENTS.name, reading.device_id, ReadingAccepted.event_type,
+                reading.reading_id, accepted_payload(reading), correlation_id,
+            )
+        )  # fmt: skip
+        return doc
 
     # --- flushing ---------------------------------------------------------------------------
 
@@ -680,8 +660,7 @@ class Ingestor:
             for msg in batch.inputs:
                 ack(msg)
             self.flushed += len(batch)
-            for doc in batch.decisions:
-                d = doc["doc"]
+            for d in batch.decisions:
                 self.decisions.resolve(
                     Outcome(d["_id"], d["accepted"], d["reading"], d["refusals"])
                 )
@@ -689,7 +668,7 @@ class Ingestor:
     async def _write(self, batch: Batch) -> None:
         size = self.settings.insert_batch_size
         now = utcnow()  # when the batch's readings were accepted and its events occurred
-        readings = [{**o["doc"], "accepted_at": now} for o in batch.readings]
+        readings = [{**doc, "accepted_at": now} for doc in batch.readings]
         # The chunks go in side by side, each on its own connection: FerretDB and PostgreSQL
         # work on them in parallel (one after the other, the worker mostly waited for them).
         inserts = [
@@ -697,27 +676,26 @@ class Ingestor:
             for start in range(0, len(readings), size)
         ]
         if batch.decisions:
-            decisions = [decision_doc(o["doc"]) for o in batch.decisions]
+            decisions = [decision_doc(doc) for doc in batch.decisions]
             inserts.append(insert_ignoring_duplicates(self.db[DECISIONS], decisions))
         await asyncio.gather(*inserts)
         records: list[Record] = []
         producer = self.publisher.service
-        for target in {out["target"] for out in batch.events} - self._partitions.keys():
+        for target in {out.target for out in batch.events} - self._partitions.keys():
             partitions = await self._events_producer().partitions_for(target)
             self._partitions[target] = sorted(partitions)
         partition_for = self._partition_for
         for out in batch.events:
             headers = envelope_headers(
-                out["event_id"],
-                out["event_type"],
+                out.event_id,
+                out.event_type,
                 producer,
                 occurred_at=now,
-                correlation_id=out["correlation_id"],
+                correlation_id=out.correlation_id,
             )
-            key = out["key"].encode()
-            target = out["target"]
-            partition = partition_for(target, key)
-            records.append((target, partition, key, out["value"], headers))
+            key = out.key.encode()
+            target = out.target
+            records.append((target, partition_for(target, key), key, out.value, headers))
         await self._send_records(records)
 
     async def _write_states(self, states: dict[bytes, tuple[int, Document]]) -> None:
@@ -833,36 +811,25 @@ def _merge(first: Batch, then: Batch) -> Batch:
     )
 
 
-def _event_output(
-    position: str,
-    topic: str,
-    offset: int,
-    target: str,
-    key: str,
-    event_type: str,
-    value: bytes,
-    event_id: str,
-    correlation_id: str | None = None,
-) -> Document:
-    return {
-        "kind": "event",
-        "position": position,
-        "topic": topic,
-        "offset": offset,
-        "target": target,
-        "key": key,
-        "event_type": event_type,
-        "event_id": event_id,
-        "correlation_id": correlation_id,
-        "value": value,
-    }
+NOTHING = Outputs()  # what an input that changes no state leads to (never added to)
 
 
-def _model_output(
-    position: str, topic: str, offset: int, target: str, key: str, event: Event, event_id: str
-) -> Document:
-    value = event.model_dump_json().encode()
-    return _event_output(position, topic, offset, target, key, event.event_type, value, event_id)
+def _model_event(target: str, key: str, event: Event, event_id: str) -> EventOut:
+    return EventOut(target, key, event.event_type, event_id, event.model_dump_json().encode())
+
+
+def _stale_event(
+    device: model.Device, last_seen: float, recovered: bool, position: str
+) -> EventOut:
+    stale = DeviceStale(
+        device_id=device.device_id,
+        org_id=device.org_id,
+        serial=device.serial,
+        last_seen_at=datetime.fromtimestamp(last_seen, UTC),
+        recovered=recovered,
+    )
+    kind = "recovered" if recovered else "stale"
+    return _model_event(METER_EVENTS.name, device.device_id, stale, f"{position}:{kind}")
 
 
 def accepted_payload(reading: model.Reading) -> bytes:
