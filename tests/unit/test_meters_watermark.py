@@ -59,7 +59,7 @@ async def test_an_input_past_a_hole_is_refused_and_its_partition_sought_back_onc
 
 async def test_the_watermark_comes_back_from_the_table_after_a_handover() -> None:
     ing = ingestor()
-    ing.table.data[stream._watermark_key("telemetry", 3)] = {"offset": 41}  # the last owner's
+    ing.table.data[stream._watermark_key("telemetry", 3)] = b'{"offset":41}'  # the last owner's
     assert take(ing, 40, partition=3) is True  # re-delivered: at or below the watermark
     assert take(ing, 42, partition=3) is True
     assert take(ing, 50, partition=3) is False

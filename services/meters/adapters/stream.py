@@ -222,9 +222,13 @@ class Ingestor:
             TABLE,
             default=None,
             # Keys stay the serial's bytes, as on the input topics (key_type=bytes: raw in
-            # the changelog and in recovery); values are JSON.
+            # the changelog and in recovery). Values are each state's JSON, kept as the bytes
+            # of its changelog record (raw, in recovery too): one object per device that the
+            # garbage collector does not traverse, not four dicts and lists (measured, a
+            # million states: 334 MB and a 22 ms full collection against 992 MB and 2,262 ms).
             key_type=bytes,
-            schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+            value_type=bytes,
+            schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
             partitions=None,
         )
         self._batch = Batch()
@@ -439,8 +443,8 @@ class Ingestor:
         pending = self._batch.states.get(key) or self._flushing.get(key)
         if pending is not None:
             return pending[1]
-        raw: Document | None = self.table.data.get(key)  # the store itself: no mapping layers
-        return raw
+        raw: bytes | None = self.table.data.get(key)  # the store itself: no mapping layers
+        return None if raw is None else _loads(raw)
 
     def _add_outputs(self, outputs: Outputs) -> None:
         batch = self._batch
@@ -707,10 +711,14 @@ class Ingestor:
         changelog = table.changelog_topic.get_topic_name()
         records: list[Record] = []
         for key, (partition, state) in states.items():
-            records.append((changelog, partition, key, orjson.dumps(state), []))
+            # A copy of exactly its size: orjson's own result keeps the 4 KB it was written in
+            # for as long as it lives (measured: 4 GB resident for a million states).
+            value = memoryview(orjson.dumps(state)).tobytes()
+            records.append((changelog, partition, key, value, []))
         await self._send_records(records)
-        for key, (_, state) in states.items():
-            table.data[key] = state
+        data = table.data
+        for _, _, key, value, _ in records:
+            data[key] = value
 
     def _partition_for(self, topic: str, key: bytes) -> int:
         """The producer's default partitioner (murmur2, as every Kafka client), cached per key:
@@ -761,12 +769,14 @@ class Ingestor:
         now = time.time()
         after = self.settings.stale_after_seconds
         sent = 0
-        for key, raw in list(self.table.items()):
+        for n, (key, raw) in enumerate(list(self.table.data.items()), 1):
+            if n % 10_000 == 0:
+                await asyncio.sleep(0)  # a million devices: the stream goes on meanwhile
             if sent >= self.settings.stale_checks_per_round:
                 break
             if key in self._stale_pending or not raw or key.startswith(WATERMARK_PREFIX):
                 continue
-            if not model.is_quiet(DeviceMemory.from_dict(raw), now, after):
+            if not model.is_quiet(DeviceMemory.from_dict(_loads(raw)), now, after):
                 continue
             serial = key.decode(errors="replace")
             check = StaleCheck(serial=serial, checked_at=datetime.now(UTC))
@@ -791,6 +801,11 @@ def _collect_garbage_less_often(threshold: int) -> None:
     if threshold > first:
         gc.set_threshold(threshold, *older)
         log.info("garbage collector tuned", young_threshold=threshold)
+
+
+def _loads(raw: bytes) -> Document:
+    state: Document = orjson.loads(raw)
+    return state
 
 
 WATERMARK_PREFIX = b"\x00watermark:"  # no serial starts with a NUL byte
