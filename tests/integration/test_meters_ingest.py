@@ -4,7 +4,8 @@ Telemetry in, readings and events out; duplicates dropped, a counter going down 
 malformed reports dead-lettered while the stream goes on, removed devices refused; manual
 submissions through the same partitions (two at once: one accepted; racing a report: one
 consistent order); a full re-delivery changes nothing; each changelog record on its key's
-partition; a quiet device goes stale once and comes back.
+partition; a quiet device goes stale once and comes back; a worker whose inputs differ in
+partition count refuses to start.
 """
 
 from __future__ import annotations
@@ -399,3 +400,25 @@ async def _ends(worker: Worker) -> dict[TopicPartition, int]:
         return dict(await consumer.end_offsets(tps))
     finally:
         await consumer.stop()
+
+
+async def test_a_worker_whose_inputs_differ_in_partitions_refuses_to_start(
+    base: tuple[KafkaSettings, MongoSettings], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    kafka, mongo_settings = base
+    ingest = IngestSettings(data_dir=str(tmp_path_factory.mktemp("faust-mismatch")))
+    settings = MetersSettings(kafka=kafka, mongo=mongo_settings, ingest=ingest)
+    telemetry = await create_topic(kafka, partitions=3)
+    commands = await create_topic(kafka, partitions=1)
+    async with Mongo(mongo_settings, "meters") as mongo, Publisher(kafka, "meters") as publisher:
+        with pytest.raises(RuntimeError, match="differ in partitions") as refused:
+            async with ingestion(
+                settings,
+                mongo.db,
+                publisher,
+                app_id=unique("meters.t"),
+                telemetry_topic=telemetry,
+                commands_topic=commands,
+            ):
+                pass
+    assert f"{telemetry} has 3, {commands} has 1" in str(refused.value)

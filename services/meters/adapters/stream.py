@@ -270,7 +270,28 @@ class Ingestor:
             max_batch_size=512 * 1024,
         )
         await self._producer.start()
+        try:
+            await self._check_inputs()
+        except BaseException:
+            await self._producer.stop()
+            raise
         self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def _check_inputs(self) -> None:
+        """Telemetry and commands must have the same partition count: a device's inputs then
+        share a partition number, owned by one worker. faust co-partitions only topics of equal
+        counts (it groups the topics by count, without a word), so a difference would give a
+        device two writers."""
+        producer = self._events_producer()
+        counts = {topic: len(await producer.partitions_for(topic)) for topic in self._tags}
+        if len(set(counts.values())) != 1:
+            found = ", ".join(f"{topic} has {n}" for topic, n in counts.items())
+            raise RuntimeError(
+                f"the meters worker's input topics differ in partitions ({found}): a device's "
+                "telemetry and manual submissions must share a partition (one writer per "
+                "device). Give both topics the same count (FLEETDESK_KAFKA_PARTITIONS when the "
+                "platform creates them) and start the worker again."
+            )
 
     async def stop(self) -> None:
         if self._flusher is not None:
