@@ -54,6 +54,12 @@ class IngestSettings(BaseSettings):
         "the worker process (Python's default, 700, spent a quarter of the worker's time in "
         "the garbage collector at full rate).",
     )
+    decision_retention_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="Decisions on manual submissions are kept this long (a request waits for "
+        "its own for decision_timeout_seconds); older ones are dropped every hour.",
+    )
     data_dir: str | None = Field(
         None, description="Directory for faust's data (default: the system temp directory)."
     )

@@ -5,7 +5,7 @@ malformed reports dead-lettered while the stream goes on, removed devices refuse
 submissions through the same partitions (two at once: one accepted; racing a report: one
 consistent order); a full re-delivery changes nothing; each changelog record on its key's
 partition; a quiet device goes stale once and comes back; a worker whose inputs differ in
-partition count refuses to start.
+partition count refuses to start; decisions older than their retention are purged.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -400,6 +400,24 @@ async def _ends(worker: Worker) -> dict[TopicPartition, int]:
         return dict(await consumer.end_offsets(tps))
     finally:
         await consumer.stop()
+
+
+async def test_decisions_older_than_the_retention_are_purged(worker: Worker) -> None:
+    assert worker.ingestor is not None
+    decisions = worker.mongo.db[DECISIONS]
+    now = datetime.now(UTC)
+    old, recent = unique("cmd-old"), unique("cmd-recent")
+    await decisions.insert_many(
+        [
+            {"_id": old, "accepted": False, "reading": None, "refusals": [],
+             "decided_at": now - timedelta(days=2)},
+            {"_id": recent, "accepted": False, "reading": None, "refusals": [],
+             "decided_at": now - timedelta(hours=1)},
+        ]
+    )  # fmt: skip
+    assert await worker.ingestor.purge_decisions() == 1  # retention: a day (the default)
+    assert await decisions.find_one({"_id": old}) is None
+    assert await decisions.find_one({"_id": recent}) is not None
 
 
 async def test_a_worker_whose_inputs_differ_in_partitions_refuses_to_start(

@@ -34,11 +34,20 @@ INDEXES = {
     READINGS: [
         IndexModel([("device_id", ASCENDING), ("read_at", DESCENDING)], name="by_device_time")
     ],
+    DECISIONS: [IndexModel([("decided_at", ASCENDING)], name="by_decided_at")],
 }
 
 
 def decision_doc(doc: Document) -> Document:
     return {**doc, "decided_at": utcnow()}
+
+
+async def purge_decisions(db: AsyncDatabase[Document], before: datetime) -> int:
+    """Drop the decisions made before ``before``: a decision is read only by the request that
+    waits for it (a few seconds; then the history answers), so they need not pile up (FerretDB
+    1.x has no TTL indexes)."""
+    result = await db[DECISIONS].delete_many({"decided_at": {"$lt": before}})
+    return result.deleted_count
 
 
 async def insert_ignoring_duplicates(

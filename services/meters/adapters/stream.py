@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -55,6 +55,7 @@ from services.meters.adapters.store import (
     LocalDecisions,
     decision_doc,
     insert_ignoring_duplicates,
+    purge_decisions,
 )
 from services.meters.config import IngestSettings
 from services.meters.core import model
@@ -93,6 +94,7 @@ TABLE = "devices"  # changelog: meters.ingest-devices-changelog
 READINGS = "readings"
 DECISIONS = "decisions"
 YIELD_EVERY = 256  # inputs decided between two turns of the event loop
+DECISION_PURGE_INTERVAL_SECONDS = 3600.0
 
 
 def faust_broker_settings(kafka: KafkaSettings) -> dict[str, Any]:
@@ -253,6 +255,7 @@ class Ingestor:
         )
         app.agent(source, name=f"{APP_ID}.decide")(self._agent)
         app.timer(settings.stale_check_interval_seconds)(self._stale_timer)
+        app.timer(DECISION_PURGE_INTERVAL_SECONDS)(self.purge_decisions)
         self._flusher: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
 
@@ -782,6 +785,19 @@ class Ingestor:
             if builder.record_count():
                 futures.append(await producer.send_batch(builder, topic, partition=partition))
         await asyncio.gather(*futures)
+
+    async def purge_decisions(self) -> int:
+        """Drop decisions older than the retention (every instance does it: deleting is
+        idempotent). A failure is logged and tried again next round."""
+        before = utcnow() - timedelta(seconds=self.settings.decision_retention_seconds)
+        try:
+            purged = await purge_decisions(self.db, before)
+        except Exception as exc:
+            log.warning("purging old decisions failed; trying again later", error=repr(exc))
+            return 0
+        if purged:
+            log.info("old decisions purged", purged=purged)
+        return purged
 
     # --- staleness --------------------------------------------------------------------------
 
