@@ -49,7 +49,7 @@ from services.devices.core.telemetry import LevelsProjection, TelemetryDeps  # n
 from shared.bus import ConsumerRunner, Message, Publisher, Subscription, ensure_topics  # noqa: E402
 from shared.config import KafkaSettings, MongoSettings  # noqa: E402
 from shared.store import Mongo  # noqa: E402
-from tests.perf.servers import run_bench  # noqa: E402
+from tests.perf.servers import bench_line, run_bench  # noqa: E402
 
 DEVICES = int(os.environ.get("BENCH_DEVICES", "100000"))
 REPORTS = int(os.environ.get("BENCH_REPORTS", "200000"))
@@ -198,12 +198,12 @@ async def bench(settings: KafkaSettings, mongo_url: str) -> None:
     async with Mongo(mongo_settings, "devices") as mongo, Publisher(settings, "devices") as pub:
         await mongo.ensure_indexes(INDEXES)
         base = await baseline(settings, topic, mongo)
-        print(f"BENCH devices_telemetry_baseline_insert_many {REPORTS / base:.0f} reports/s")
+        bench_line("devices_telemetry_baseline_insert_many", REPORTS / base, "reports/s")
         mine = await ours(settings, topic, mongo, pub)
         stored = await mongo.db[SUPPLY_LEVELS].count_documents({})
-        print(f"BENCH devices_telemetry_batch_handler {REPORTS / mine:.0f} reports/s")
-        print(f"BENCH devices_telemetry_vs_baseline {base / mine:.2f} ratio")
-        print(f"BENCH devices_telemetry_level_documents_written {stored} documents")
+        bench_line("devices_telemetry_batch_handler", REPORTS / mine, "reports/s")
+        bench_line("devices_telemetry_vs_baseline", base / mine, "ratio")
+        bench_line("devices_telemetry_level_documents_written", stored, "documents")
 
 
 def main() -> int:

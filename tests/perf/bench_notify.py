@@ -21,7 +21,6 @@ Bounded: a fixed number of recipients and a time limit.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import sys
 import tempfile
@@ -29,7 +28,6 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiosmtplib
@@ -48,15 +46,12 @@ from shared import contracts as c  # noqa: E402
 from shared import projections  # noqa: E402
 from shared.config import MongoSettings  # noqa: E402
 from shared.store import Mongo  # noqa: E402
+from tests.perf.servers import bench_line, local_infra_module  # noqa: E402
 
 N = int(os.environ.get("BENCH_NOTIFY_RECIPIENTS", "10000"))
 CONNECTIONS = int(os.environ.get("BENCH_NOTIFY_CONNECTIONS", "8"))
 REMOTE_N = int(os.environ.get("BENCH_NOTIFY_REMOTE_RECIPIENTS", "1000"))
 LIMIT_SECONDS = 2400
-
-
-def bench_line(name: str, value: float, unit: str) -> None:
-    print(f"BENCH {name} {value:.3f} {unit}", flush=True)
 
 
 async def users(mongo: Mongo, org_id: str, n: int) -> str:
@@ -145,7 +140,7 @@ async def remote(settings: NotifySettings, n: int) -> tuple[float, float]:
     from aiosmtpd.controller import Controller
 
     sink = Sink(int(os.environ.get("BENCH_NOTIFY_SINK_MS", "20")) / 1000)
-    port = _infra().free_port()
+    port = local_infra_module().free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=port)
     controller.start()
     try:
@@ -237,24 +232,13 @@ async def bench(mongo_url: str, smtp_host: str, smtp_port: int, api: str) -> Non
     bench_line("notify_remote_pool_vs_sequential", pooled / single, "ratio")
 
 
-def _infra() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "fleetdesk_local_infra", ROOT / "deploy/local/infra.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> int:
     mongo_url = os.environ.get("FLEETDESK_TEST_MONGO_URL")
     smtp_host = os.environ.get("FLEETDESK_TEST_SMTP_HOST")
     stops: list[Any] = []
     try:
         if not mongo_url:
-            module = _infra()
+            module = local_infra_module()
             local = module.LocalInfra(
                 Path(tempfile.mkdtemp(prefix="bench-notify-")),
                 module.free_port(),
@@ -267,7 +251,7 @@ def main() -> int:
             port = int(os.environ["FLEETDESK_TEST_SMTP_PORT"])
             api = os.environ["FLEETDESK_TEST_SMTP_API"]
         else:
-            module = _infra()
+            module = local_infra_module()
             mailpit = module.LocalMailpit(
                 Path(tempfile.mkdtemp(prefix="bench-mailpit-")),
                 module.free_port(),

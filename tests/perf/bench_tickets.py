@@ -66,7 +66,7 @@ from shared.contracts import (  # noqa: E402
 from shared.events import utcnow  # noqa: E402
 from shared.kafka_security import kafka_client_environment  # noqa: E402
 from shared.store import Mongo  # noqa: E402
-from tests.perf.servers import local_infra_module, run_bench  # noqa: E402
+from tests.perf.servers import bench_line, local_infra_module, run_bench  # noqa: E402
 
 N = int(os.environ.get("BENCH_TICKETS", "50000"))
 WINDOW = float(os.environ.get("BENCH_WINDOW_SECONDS", "60"))
@@ -74,11 +74,6 @@ CREATE_HANDLER = int(os.environ.get("BENCH_CREATE_HANDLER", "300"))
 CREATE = int(os.environ.get("BENCH_CREATE", "1000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
 LIMIT_SECONDS = 900
-
-
-def bench_line(name: str, value: float, unit: str) -> None:
-    shown = str(value) if isinstance(value, int) else f"{value:.4g}"
-    print(f"BENCH {name} {shown} {unit}", flush=True)
 
 
 async def wait_until(condition: Callable[[], bool], limit: float = LIMIT_SECONDS) -> None:

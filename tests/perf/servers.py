@@ -23,9 +23,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench_line(name: str, value: float, unit: str) -> None:
-    """One figure as the benches print it: ``BENCH <name> <value> <unit>``."""
-    digits = 2 if unit == "ratio" else 1  # a ratio of 0.26 is not 0.3
-    print(f"BENCH {name} {value:.{digits}f} {unit}", flush=True)
+    """One figure as every bench prints it: ``BENCH <name> <value> <unit>``. Counts as they
+    are; ratios with two decimals (0.26 is not 0.3); other figures with one decimal from 10
+    up, below that with three significant digits (a lateness of 0.020 s is not 0.0)."""
+    if isinstance(value, int):
+        shown = str(value)
+    elif unit == "ratio":
+        shown = f"{value:.2f}"
+    elif abs(value) >= 10:
+        shown = f"{value:.1f}"
+    else:
+        shown = f"{value:.3g}"
+    print(f"BENCH {name} {shown} {unit}", flush=True)
 
 
 def local_infra_module() -> Any:
