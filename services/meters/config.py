@@ -51,8 +51,8 @@ class IngestSettings(BaseSettings):
         50_000,
         ge=700,
         description="Allocations between two collections of Python's youngest generation in "
-        "the worker process (Python's default, 700, spent a quarter of the worker's time in "
-        "the garbage collector at full rate).",
+        "the worker process (with Python's default, 700, the worker spent about a fifth of its "
+        "time in the garbage collector at full rate).",
     )
     decision_retention_seconds: float = Field(
         86400.0,

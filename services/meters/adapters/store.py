@@ -42,7 +42,7 @@ def decision_doc(doc: Document) -> Document:
     return {**doc, "decided_at": utcnow()}
 
 
-async def purge_decisions(db: AsyncDatabase[Document], before: datetime) -> int:
+async def delete_decisions_before(db: AsyncDatabase[Document], before: datetime) -> int:
     """Drop the decisions made before ``before``: a decision is read only by the request that
     waits for it (a few seconds; then the history answers), so they need not pile up (FerretDB
     1.x has no TTL indexes)."""
