@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -163,6 +164,8 @@ def main() -> int:
     finally:
         if infra is not None:
             infra.stop()
+    if infra is not None:  # the servers' data (kept when the run failed, for its logs)
+        shutil.rmtree(infra.run_dir, ignore_errors=True)
     return 0
 
 

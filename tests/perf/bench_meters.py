@@ -16,6 +16,10 @@ same run:
   consumer group and database), timed on ``meters.events`` from the first ``ReadingAccepted``
   to the last (each is published once its reading is durable): the two-worker rate and its
   ratio to one (``BENCH_WORKERS=0`` skips it).
+For the baseline and for the worker (after its directory), the CPU each process used per report
+(``java`` is Kafka; ``bench`` is this process, where the worker runs) and how busy the machine's
+cores were: on a machine that runs the servers too, the ratio of the two runs' CPU per report
+bounds the ratio of their rates. Also how long the stream stood still waiting for the flusher.
 Each figure on a ``BENCH <name> <value> <unit>`` line. Bounded: fixed counts, a time limit.
 Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` and ``FLEETDESK_TEST_MONGO_URL`` when both are set
 (security from ``FLEETDESK_KAFKA_*``), else local servers (SASL, as the super user).
@@ -27,6 +31,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -58,8 +63,8 @@ from shared.contracts import (  # noqa: E402
 )
 from shared.store import Mongo  # noqa: E402
 from tests.integration import meters_worker  # noqa: E402
+from tests.perf.servers import CpuMeter, run_bench  # noqa: E402
 from tests.perf.servers import bench_line as bench  # noqa: E402
-from tests.perf.servers import run_bench  # noqa: E402
 from tests.support import eventually, kafka_environment  # noqa: E402
 
 REPORTS = int(os.environ.get("BENCH_REPORTS", "200000"))
@@ -235,6 +240,7 @@ async def workers_rate(
             if found and first is None:
                 first = (now, found)
             if first is not None and found >= expected:
+                shutil.rmtree(logs, ignore_errors=True)  # kept when they did not finish
                 return (found - first[1]) / max(now - first[0], 1e-3)
         print(f"{workers} worker(s): {found} of {expected} in time; logs in {logs}", flush=True)
         return None
@@ -256,6 +262,14 @@ async def _done(ingestor: Ingestor) -> bool:
 
 
 async def run(kafka: KafkaSettings, mongo_url: str) -> None:
+    faust_dir = tempfile.mkdtemp(prefix="fleetdesk-bench-faust-")
+    try:
+        await _run(kafka, mongo_url, faust_dir)
+    finally:
+        shutil.rmtree(faust_dir, ignore_errors=True)
+
+
+async def _run(kafka: KafkaSettings, mongo_url: str, faust_dir: str) -> None:
     await ensure_topics(kafka)
     telemetry, commands = await _topic(kafka), await _topic(kafka)
     serials = [f"BENCH{secrets.token_hex(3)}-{i}" for i in range(DEVICES_N)]
@@ -267,13 +281,16 @@ async def run(kafka: KafkaSettings, mongo_url: str) -> None:
     bench("meters_backlog_produce", REPORTS / (time.perf_counter() - t0), "reports/s")
 
     mongo_settings = MongoSettings(url=mongo_url, database_prefix="bench" + secrets.token_hex(3))
-    ingest = IngestSettings(data_dir=tempfile.mkdtemp(prefix="fleetdesk-bench-faust-"))
+    ingest = IngestSettings(data_dir=faust_dir)
     # The worker's table (its changelog) has as many partitions as the inputs it follows.
     worker_kafka = kafka.model_copy(update={"partitions": PARTITIONS})
     settings = MetersSettings(kafka=worker_kafka, mongo=mongo_settings, ingest=ingest)
     async with Mongo(mongo_settings, "meters") as mongo, Publisher(kafka, "meters") as publisher:
+        cpu = CpuMeter()
+        before = cpu.snapshot()
         base = await baseline(kafka, telemetry, mongo)
         bench("meters_baseline_consume_insert_many", base, "reports/s")
+        cpu.report("meters_baseline", before, cpu.snapshot(), REPORTS)
 
         started = time.perf_counter()
         async with ingestion(
@@ -286,6 +303,7 @@ async def run(kafka: KafkaSettings, mongo_url: str) -> None:
         ) as ingestor:
             await ingestor.directory.caught_up.wait()
             ready_at = time.perf_counter()
+            before = cpu.snapshot()
             bench("meters_directory_load", ready_at - started, "s")
             try:
                 await eventually(
@@ -293,6 +311,7 @@ async def run(kafka: KafkaSettings, mongo_url: str) -> None:
                 )
             except AssertionError:  # bounded: report what was done in the time allowed
                 print(f"only {ingestor.flushed} of {REPORTS} in {INGEST_SECONDS}s", flush=True)
+            after = cpu.snapshot()
             elapsed = time.perf_counter() - started
             rate = ingestor.flushed / elapsed
             bench("meters_ingest_end_to_end", rate, "reports/s")
@@ -302,6 +321,8 @@ async def run(kafka: KafkaSettings, mongo_url: str) -> None:
                 "reports/s",
             )
             bench("meters_ingest_vs_baseline", rate / base, "ratio")
+            cpu.report("meters_ingest", before, after, max(ingestor.flushed, 1))
+            bench("meters_ingest_waited_for_flusher", ingestor.stats.waited_for_flusher, "s")
             stats = ingestor.stats
             readings = await mongo.db["readings"].count_documents({})
             bench("meters_readings_persisted", readings, "readings")

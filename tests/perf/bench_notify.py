@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -264,6 +265,8 @@ def main() -> int:
     finally:
         for server in reversed(stops):
             server.stop()
+    for server in stops:  # the servers' data (kept when the run failed, for its logs)
+        shutil.rmtree(server.run_dir, ignore_errors=True)
     return 0
 
 

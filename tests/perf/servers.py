@@ -8,13 +8,18 @@ temporary folder and stopped afterwards, and the bench connects to Kafka as the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from shared.config import KafkaSettings
 from shared.service import use_uvloop
@@ -35,6 +40,62 @@ def bench_line(name: str, value: float, unit: str) -> None:
     else:
         shown = f"{value:.3g}"
     print(f"BENCH {name} {shown} {unit}", flush=True)
+
+
+class CpuMeter:
+    """CPU seconds used by this process and by the servers it started (its descendants), by
+    process name (``java`` is Kafka, ``ferretdb``, ``postgres``), and by the whole machine.
+    With servers named by ``FLEETDESK_TEST_*`` only this process is measured."""
+
+    def __init__(self) -> None:
+        self._me = psutil.Process()
+        self._procs: dict[int, psutil.Process] = {}
+
+    def snapshot(self) -> dict[str, float]:
+        """Cumulative CPU seconds by name; ``bench`` is this process, ``machine`` every core's
+        busy time; ``wall`` the clock."""
+        times = self._me.cpu_times()
+        used = {"bench": times.user + times.system}
+        for child in self._me.children(recursive=True):
+            proc = self._procs.setdefault(child.pid, child)  # cached: cpu_times of the same object
+            try:
+                t = proc.cpu_times()
+                name = proc.name()
+            except psutil.Error:
+                continue  # gone meanwhile (a PostgreSQL backend): its time is not counted
+            used[name] = used.get(name, 0.0) + t.user + t.system
+        cores = psutil.cpu_times()
+        used["machine"] = cores.user + cores.system + cores.nice + cores.irq + cores.softirq
+        used["wall"] = time.perf_counter()
+        return used
+
+    @staticmethod
+    def report(prefix: str, before: dict[str, float], after: dict[str, float], items: int) -> None:
+        """Microseconds of CPU per item for each process name, and how busy the machine's
+        cores were (percent of all of them)."""
+        wall = after["wall"] - before["wall"]
+        for name in sorted(after):
+            if name in ("wall", "machine"):
+                continue
+            spent = after[name] - before.get(name, 0.0)
+            if spent > 0:
+                bench_line(f"{prefix}_cpu_{name}", spent / items * 1e6, "us/report")
+        busy = (after["machine"] - before["machine"]) / (wall * (psutil.cpu_count() or 1))
+        bench_line(f"{prefix}_cpu_machine_busy", busy * 100, "percent")
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A fresh temporary folder, removed when the block ends well; kept (and its path printed)
+    when it fails, for its logs. Local servers keep their data here: a run of the meters bench
+    leaves some hundreds of megabytes, and kept runs once filled the disk."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    except BaseException:
+        print(f"kept for inspection: {path}", file=sys.stderr, flush=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def local_infra_module() -> Any:
@@ -59,20 +120,17 @@ def run_bench(
     """Run ``bench(kafka settings, mongo url)`` within ``limit_seconds``; return an exit code."""
     bootstrap = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
     mongo_url = os.environ.get("FLEETDESK_TEST_MONGO_URL")
-    infra = None
     # Named servers: security as FLEETDESK_KAFKA_* say; local ones: SASL, as the super user.
     kafka = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
-    if not (kafka and mongo_url):
-        module = local_infra_module()
-        infra = module.LocalInfra(
-            Path(tempfile.mkdtemp(prefix=prefix)), module.free_port(), module.free_port()
-        )
-        infra.start()
-        kafka, mongo_url = infra.kafka_admin(), infra.mongo_url
-    use_uvloop()  # as the services run (shared.service.serve)
-    try:
+    with contextlib.ExitStack() as stack:
+        if not (kafka and mongo_url):
+            module = local_infra_module()
+            infra = module.LocalInfra(
+                stack.enter_context(scratch_dir(prefix)), module.free_port(), module.free_port()
+            )
+            stack.callback(infra.stop)  # stopped before its folder goes
+            infra.start()
+            kafka, mongo_url = infra.kafka_admin(), infra.mongo_url
+        use_uvloop()  # as the services run (shared.service.serve)
         asyncio.run(asyncio.wait_for(bench(kafka, mongo_url), limit_seconds))
-    finally:
-        if infra is not None:
-            infra.stop()
     return 0
