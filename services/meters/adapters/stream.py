@@ -660,13 +660,20 @@ class Ingestor:
     # --- flushing ---------------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
-        """Flushes a batch when it is full or urgent, or after the interval; one at a time, in
-        order, while the stream decides the next batch."""
+        """Flushes a batch when it is full or urgent, or once the interval has passed since the
+        last flush began; one at a time, in order, while the stream decides the next batch. A
+        flush that took longer than the interval is followed at once: waiting a whole interval
+        after each flush added that interval to the latency of every report."""
         interval = self.settings.flush_interval_ms / 1000
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._due.wait(), interval)
+            wait = interval - (loop.time() - began)
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._due.wait(), wait)
             self._due.clear()
+            began = loop.time()
             if len(self._batch):
                 try:
                     await self.flush()
