@@ -161,6 +161,10 @@ def main() -> int:
         settings = infra.kafka_admin()
     try:
         asyncio.run(asyncio.wait_for(bench(settings), LIMIT_SECONDS))
+    except BaseException:
+        if infra is not None:
+            print(f"kept for inspection: {infra.run_dir}", file=sys.stderr, flush=True)
+        raise
     finally:
         if infra is not None:
             infra.stop()

@@ -262,6 +262,10 @@ def main() -> int:
             mailpit.start()
             smtp_host, port, api = "127.0.0.1", mailpit.smtp_port, mailpit.api_url
         asyncio.run(asyncio.wait_for(bench(mongo_url, smtp_host, port, api), LIMIT_SECONDS))
+    except BaseException:
+        for server in stops:
+            print(f"kept for inspection: {server.run_dir}", file=sys.stderr, flush=True)
+        raise
     finally:
         for server in reversed(stops):
             server.stop()
