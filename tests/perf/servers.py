@@ -49,37 +49,40 @@ class CpuMeter:
 
     def __init__(self) -> None:
         self._me = psutil.Process()
-        self._procs: dict[int, psutil.Process] = {}
 
-    def snapshot(self) -> dict[str, float]:
-        """Cumulative CPU seconds by name; ``bench`` is this process, ``machine`` every core's
-        busy time; ``wall`` the clock."""
+    def snapshot(self) -> dict[Any, Any]:
+        """Cumulative CPU seconds per process (pid: (name, seconds); this process is named
+        ``bench``), the machine's busy seconds over all cores (``machine``) and the clock
+        (``wall``)."""
         times = self._me.cpu_times()
-        used = {"bench": times.user + times.system}
+        used: dict[Any, Any] = {self._me.pid: ("bench", times.user + times.system)}
         for child in self._me.children(recursive=True):
-            proc = self._procs.setdefault(child.pid, child)  # cached: cpu_times of the same object
             try:
-                t = proc.cpu_times()
-                name = proc.name()
+                t = child.cpu_times()
+                used[child.pid] = (child.name(), t.user + t.system)
             except psutil.Error:
-                continue  # gone meanwhile (a PostgreSQL backend): its time is not counted
-            used[name] = used.get(name, 0.0) + t.user + t.system
+                continue  # gone meanwhile
         cores = psutil.cpu_times()
         used["machine"] = cores.user + cores.system + cores.nice + cores.irq + cores.softirq
         used["wall"] = time.perf_counter()
         return used
 
     @staticmethod
-    def report(prefix: str, before: dict[str, float], after: dict[str, float], items: int) -> None:
+    def report(prefix: str, before: dict[Any, Any], after: dict[Any, Any], items: int) -> None:
         """Microseconds of CPU per item for each process name, and how busy the machine's
-        cores were (percent of all of them)."""
-        wall = after["wall"] - before["wall"]
-        for name in sorted(after):
-            if name in ("wall", "machine"):
+        cores were (percent of all of them). A process that ended in between is not counted
+        (a PostgreSQL backend of a closed connection); one that started is counted whole."""
+        spent: dict[str, float] = {}
+        for pid, value in after.items():
+            if pid in ("wall", "machine"):
                 continue
-            spent = after[name] - before.get(name, 0.0)
-            if spent > 0:
-                bench_line(f"{prefix}_cpu_{name}", spent / items * 1e6, "us/report")
+            name, seconds = value
+            earlier = before.get(pid)
+            spent[name] = spent.get(name, 0.0) + seconds - (earlier[1] if earlier else 0.0)
+        for name in sorted(spent):
+            if spent[name] > 0:
+                bench_line(f"{prefix}_cpu_{name}", spent[name] / items * 1e6, "us/report")
+        wall = after["wall"] - before["wall"]
         busy = (after["machine"] - before["machine"]) / (wall * (psutil.cpu_count() or 1))
         bench_line(f"{prefix}_cpu_machine_busy", busy * 100, "percent")
 
