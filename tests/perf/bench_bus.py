@@ -13,11 +13,9 @@ Bounded: a fixed number of messages, a time limit.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import contextlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -25,12 +23,15 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from shared.bus import ConsumerRunner, Message, Publisher, Subscription, ensure_topics
-from shared.config import KafkaSettings
-from shared.contracts import Topic
-from shared.events import Event
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from shared.bus import ConsumerRunner, Message, Publisher, Subscription, ensure_topics  # noqa: E402
+from shared.config import KafkaSettings  # noqa: E402
+from shared.contracts import Topic  # noqa: E402
+from shared.events import Event  # noqa: E402
+from tests.perf.servers import local_infra_module, scratch_dir  # noqa: E402
+
 N = int(os.environ.get("BENCH_MESSAGES", "5000"))
 LIMIT_SECONDS = 300
 
@@ -142,34 +143,19 @@ async def bench(settings: KafkaSettings) -> None:
 
 def main() -> int:
     bootstrap = os.environ.get("FLEETDESK_TEST_KAFKA_BOOTSTRAP")
-    infra = None
     settings = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
-    if settings is None:
-        spec = importlib.util.spec_from_file_location(
-            "fleetdesk_local_infra", ROOT / "deploy/local/infra.py"
-        )
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        infra = module.LocalInfra(
-            Path(tempfile.mkdtemp(prefix="fleetdesk-bench-")),
-            module.free_port(),
-            module.free_port(),
-        )
-        infra.start()
-        settings = infra.kafka_admin()
-    try:
+    with contextlib.ExitStack() as stack:
+        if settings is None:
+            module = local_infra_module()
+            infra = module.LocalInfra(
+                stack.enter_context(scratch_dir("fleetdesk-bench-")),
+                module.free_port(),
+                module.free_port(),
+            )
+            stack.callback(infra.stop)  # stopped before its folder goes
+            infra.start()
+            settings = infra.kafka_admin()
         asyncio.run(asyncio.wait_for(bench(settings), LIMIT_SECONDS))
-    except BaseException:
-        if infra is not None:
-            print(f"kept for inspection: {infra.run_dir}", file=sys.stderr, flush=True)
-        raise
-    finally:
-        if infra is not None:
-            infra.stop()
-    if infra is not None:  # the servers' data (kept when the run failed, for its logs)
-        shutil.rmtree(infra.run_dir, ignore_errors=True)
     return 0
 
 

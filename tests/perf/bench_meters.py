@@ -63,7 +63,7 @@ from shared.contracts import (  # noqa: E402
 )
 from shared.store import Mongo  # noqa: E402
 from tests.integration import meters_worker  # noqa: E402
-from tests.perf.servers import CpuMeter, run_bench  # noqa: E402
+from tests.perf.servers import CpuMeter, run_bench, scratch_dir  # noqa: E402
 from tests.perf.servers import bench_line as bench  # noqa: E402
 from tests.support import eventually, kafka_environment  # noqa: E402
 
@@ -262,11 +262,8 @@ async def _done(ingestor: Ingestor) -> bool:
 
 
 async def run(kafka: KafkaSettings, mongo_url: str) -> None:
-    faust_dir = tempfile.mkdtemp(prefix="fleetdesk-bench-faust-")
-    try:
-        await _run(kafka, mongo_url, faust_dir)
-    finally:
-        shutil.rmtree(faust_dir, ignore_errors=True)
+    with scratch_dir("fleetdesk-bench-faust-") as faust_dir:
+        await _run(kafka, mongo_url, str(faust_dir))
 
 
 async def _run(kafka: KafkaSettings, mongo_url: str, faust_dir: str) -> None:

@@ -21,10 +21,9 @@ Bounded: a fixed number of recipients and a time limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -47,7 +46,7 @@ from shared import contracts as c  # noqa: E402
 from shared import projections  # noqa: E402
 from shared.config import MongoSettings  # noqa: E402
 from shared.store import Mongo  # noqa: E402
-from tests.perf.servers import bench_line, local_infra_module  # noqa: E402
+from tests.perf.servers import bench_line, local_infra_module, scratch_dir  # noqa: E402
 
 N = int(os.environ.get("BENCH_NOTIFY_RECIPIENTS", "10000"))
 CONNECTIONS = int(os.environ.get("BENCH_NOTIFY_CONNECTIONS", "8"))
@@ -236,16 +235,15 @@ async def bench(mongo_url: str, smtp_host: str, smtp_port: int, api: str) -> Non
 def main() -> int:
     mongo_url = os.environ.get("FLEETDESK_TEST_MONGO_URL")
     smtp_host = os.environ.get("FLEETDESK_TEST_SMTP_HOST")
-    stops: list[Any] = []
-    try:
+    with contextlib.ExitStack() as stack:  # each server stopped before its folder goes
         if not mongo_url:
             module = local_infra_module()
             local = module.LocalInfra(
-                Path(tempfile.mkdtemp(prefix="bench-notify-")),
+                stack.enter_context(scratch_dir("bench-notify-")),
                 module.free_port(),
                 module.free_port(),
             )
-            stops.append(local)
+            stack.callback(local.stop)
             local.start()
             mongo_url = local.mongo_url
         if smtp_host:
@@ -254,23 +252,14 @@ def main() -> int:
         else:
             module = local_infra_module()
             mailpit = module.LocalMailpit(
-                Path(tempfile.mkdtemp(prefix="bench-mailpit-")),
+                stack.enter_context(scratch_dir("bench-mailpit-")),
                 module.free_port(),
                 module.free_port(),
             )
-            stops.append(mailpit)
+            stack.callback(mailpit.stop)
             mailpit.start()
             smtp_host, port, api = "127.0.0.1", mailpit.smtp_port, mailpit.api_url
         asyncio.run(asyncio.wait_for(bench(mongo_url, smtp_host, port, api), LIMIT_SECONDS))
-    except BaseException:
-        for server in stops:
-            print(f"kept for inspection: {server.run_dir}", file=sys.stderr, flush=True)
-        raise
-    finally:
-        for server in reversed(stops):
-            server.stop()
-    for server in stops:  # the servers' data (kept when the run failed, for its logs)
-        shutil.rmtree(server.run_dir, ignore_errors=True)
     return 0
 
 

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,48 +43,51 @@ def bench_line(name: str, value: float, unit: str) -> None:
     print(f"BENCH {name} {shown} {unit}", flush=True)
 
 
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """Cumulative CPU seconds per process (pid: (name, seconds)), the machine's busy seconds
+    over all its cores, and the clock."""
+
+    processes: dict[int, tuple[str, float]]
+    machine: float
+    wall: float
+
+
 class CpuMeter:
-    """CPU seconds used by this process and by the servers it started (its descendants), by
-    process name (``java`` is Kafka, ``ferretdb``, ``postgres``), and by the whole machine.
+    """CPU seconds used by this process (named ``bench``) and by the servers it started (its
+    descendants: ``java`` is Kafka, ``ferretdb``, ``postgres``), and by the whole machine.
     With servers named by ``FLEETDESK_TEST_*`` only this process is measured."""
 
     def __init__(self) -> None:
         self._me = psutil.Process()
 
-    def snapshot(self) -> dict[Any, Any]:
-        """Cumulative CPU seconds per process (pid: (name, seconds); this process is named
-        ``bench``), the machine's busy seconds over all cores (``machine``) and the clock
-        (``wall``)."""
+    def snapshot(self) -> CpuSnapshot:
         times = self._me.cpu_times()
-        used: dict[Any, Any] = {self._me.pid: ("bench", times.user + times.system)}
+        processes = {self._me.pid: ("bench", times.user + times.system)}
         for child in self._me.children(recursive=True):
             try:
                 t = child.cpu_times()
-                used[child.pid] = (child.name(), t.user + t.system)
+                processes[child.pid] = (child.name(), t.user + t.system)
             except psutil.Error:
                 continue  # gone meanwhile
         cores = psutil.cpu_times()
-        used["machine"] = cores.user + cores.system + cores.nice + cores.irq + cores.softirq
-        used["wall"] = time.perf_counter()
-        return used
+        busy = cores.user + cores.system + cores.nice + cores.irq + cores.softirq
+        return CpuSnapshot(processes, busy, time.perf_counter())
 
     @staticmethod
-    def report(prefix: str, before: dict[Any, Any], after: dict[Any, Any], items: int) -> None:
+    def report(prefix: str, before: CpuSnapshot, after: CpuSnapshot, items: int) -> None:
         """Microseconds of CPU per item for each process name, and how busy the machine's
         cores were (percent of all of them). A process that ended in between is not counted
         (a PostgreSQL backend of a closed connection); one that started is counted whole."""
         spent: dict[str, float] = {}
-        for pid, value in after.items():
-            if pid in ("wall", "machine"):
-                continue
-            name, seconds = value
-            earlier = before.get(pid)
-            spent[name] = spent.get(name, 0.0) + seconds - (earlier[1] if earlier else 0.0)
+        for pid, (name, seconds) in after.processes.items():
+            earlier = before.processes.get(pid, (name, 0.0))[1]
+            spent[name] = spent.get(name, 0.0) + seconds - earlier
         for name in sorted(spent):
             if spent[name] > 0:
                 bench_line(f"{prefix}_cpu_{name}", spent[name] / items * 1e6, "us/report")
-        wall = after["wall"] - before["wall"]
-        busy = (after["machine"] - before["machine"]) / (wall * (psutil.cpu_count() or 1))
+        cores = psutil.cpu_count() or 1
+        busy = (after.machine - before.machine) / ((after.wall - before.wall) * cores)
         bench_line(f"{prefix}_cpu_machine_busy", busy * 100, "percent")
 
 

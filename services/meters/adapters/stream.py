@@ -96,7 +96,7 @@ TABLE = "devices"  # changelog: meters.ingest-devices-changelog
 # Inputs decided between two turns of the event loop. The flusher's every step (an insert's
 # answer, a producer batch's acknowledgement) waits for such a turn: at 256 (some 25 ms of
 # deciding) a flush took so long that the stream stood still for it 9 s of every 20 (the bench's
-# meters_ingest_waited_for_flusher); at 32 about 2-3.5 s, and 5-9% more reports a second.
+# meters_ingest_waited_for_flusher); at 32 1.9-3.8 s, and 5-9% more reports a second.
 YIELD_EVERY = 32
 DECISION_PURGE_INTERVAL_SECONDS = 3600.0
 
