@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.perf.servers import bench_line as bench  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -28,7 +31,6 @@ def peak_rss_mib() -> float:
 
 
 async def flood(concurrency: int, requests: int) -> None:
-    sys.path.insert(0, str(ROOT))
     from services.identity.adapters.passwords import Passwords
 
     passwords = Passwords(concurrency, queue=requests)
@@ -38,10 +40,10 @@ async def flood(concurrency: int, requests: int) -> None:
     elapsed = time.perf_counter() - started
     passwords.close()
     name = f"concurrency_{concurrency}"
-    print(f"BENCH hash_flood_{name}_peak_rss {peak_rss_mib():.0f} MiB")
-    print(f"BENCH hash_flood_{name}_rss_above_start {peak_rss_mib() - baseline:.0f} MiB")
-    print(f"BENCH hash_flood_{name}_throughput {requests / elapsed:.2f} hashes/s")
-    print(f"BENCH hash_flood_{name}_peak_hashes {passwords.peak} hashes")
+    bench(f"hash_flood_{name}_peak_rss", peak_rss_mib(), "MiB")
+    bench(f"hash_flood_{name}_rss_above_start", peak_rss_mib() - baseline, "MiB")
+    bench(f"hash_flood_{name}_throughput", requests / elapsed, "hashes/s")
+    bench(f"hash_flood_{name}_peak_hashes", passwords.peak, "hashes")
 
 
 def main() -> None:

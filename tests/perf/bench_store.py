@@ -19,7 +19,6 @@ Prints ``BENCH <name> <value> <unit>`` lines (and progress on stderr).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import statistics
@@ -29,12 +28,16 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel, MongoClient, UpdateOne
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.perf.servers import bench_line as bench  # noqa: E402
+from tests.perf.servers import local_infra_module  # noqa: E402
+
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 BATCH = 5000
 
@@ -49,24 +52,8 @@ class Plan:
     ranges: int
 
 
-def _infra() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "fleetdesk_local_infra", ROOT / "deploy" / "local" / "infra.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def progress(msg: str) -> None:
     print(f"[bench_store] {msg}", file=sys.stderr, flush=True)
-
-
-def bench(name: str, value: float, unit: str) -> None:
-    shown = f"{value:.2f}" if value < 100 else f"{value:.0f}"
-    print(f"BENCH {name} {shown} {unit}", flush=True)
 
 
 def doc(i: int) -> dict[str, Any]:
@@ -164,7 +151,7 @@ def run(url: str, plan: Plan) -> None:
 
 
 def main() -> int:
-    infra = _infra()
+    infra = local_infra_module()
     docs = int(os.environ.get("BENCH_STORE_DOCS", "1000000"))
     stock_docs = int(os.environ.get("BENCH_STORE_STOCK_DOCS", "10000"))
     plans = {

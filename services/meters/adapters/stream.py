@@ -788,14 +788,12 @@ class Ingestor:
         for (topic, partition), group in groups.items():
             builder = producer.create_batch()
             for _, _, key, value, headers in group:
-                if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                # A full batch refuses the record: send it, and the record opens the next one.
+                while builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    if not builder.record_count():
+                        raise ValueError(f"a record for {topic} is larger than a batch")
                     futures.append(await producer.send_batch(builder, topic, partition=partition))
                     builder = producer.create_batch()
-                    if (
-                        builder.append(key=key, value=value, timestamp=None, headers=headers)
-                        is None
-                    ):
-                        raise ValueError(f"a record for {topic} is larger than a batch")
             if builder.record_count():
                 futures.append(await producer.send_batch(builder, topic, partition=partition))
         await asyncio.gather(*futures)
