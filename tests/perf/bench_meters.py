@@ -15,7 +15,11 @@ same run:
 - scale-out: the same backlog decided again by one worker process, then by two (each its own
   consumer group and database), timed on ``meters.events`` from the first ``ReadingAccepted``
   to the last (each is published once its reading is durable): the two-worker rate and its
-  ratio to one (``BENCH_WORKERS=0`` skips it).
+  ratio to one (``BENCH_WORKERS=0`` skips it); and both again from the moment the consumer
+  group is stable with every worker in it (``..._stable_group``: the processes start together,
+  so the second one's joining is a rebalance inside the first window); the CPU per reading of
+  the worker processes (``python``) and the servers over the first window
+  (``meters_workers_<n>_cpu_*``).
 For the baseline and for the worker (after its directory), the CPU each process used per report
 (``java`` is Kafka; ``bench`` is this process, where the worker runs) and how busy the machine's
 cores were: on a machine that runs the servers too, the ratio of the two runs' CPU per report
@@ -201,14 +205,30 @@ async def latency(
     return samples
 
 
+async def group_stable(admin: AIOKafkaAdminClient, group: str, members: int) -> bool:
+    """Whether the consumer group has ``members`` members and no rebalance in progress."""
+    try:
+        responses = await admin.describe_consumer_groups([group])
+    except Exception:  # not there yet (its coordinator unknown): asked again next round
+        return False
+    # DescribeGroups: (error_code, group_id, state, protocol_type, protocol, members, ...)
+    return any(
+        g[0] == 0 and g[2] == "Stable" and len(g[5]) == members
+        for response in responses
+        for g in response.groups
+    )
+
+
 async def workers_rate(
     kafka: KafkaSettings, mongo_url: str, topics: tuple[str, str], workers: int, expected: int
-) -> float | None:
+) -> tuple[float, float | None] | None:
     """The backlog decided by ``workers`` worker processes of a new consumer group: readings/s
     from the first ``ReadingAccepted`` on ``meters.events`` to the ``expected``-th (each is
-    published once its reading is durable); None if not done in time. Counted on the topic,
-    not in the database: FerretDB counts by reading the whole collection, and polling it took
-    the CPU the workers are measured on."""
+    published once its reading is durable), and the same from the moment the group is stable
+    with every worker in it (the processes start together, and a second one joining is a
+    rebalance inside the first window; None if it never was); None if not done in time.
+    Counted on the topic, not in the database: FerretDB counts by reading the whole
+    collection, and polling it took the CPU the workers are measured on."""
     token = secrets.token_hex(3)
     settings = MongoSettings(url=mongo_url, database_prefix="benchw" + token)
     logs = Path(tempfile.mkdtemp(prefix="fleetdesk-bench-workers-"))
@@ -226,10 +246,15 @@ async def workers_rate(
         "METERS_TEST_COMMANDS": topics[1],
     }
     consumer = await events_from_now(kafka)
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    await admin.start()
     accepted = ReadingAccepted.event_type.encode()
     procs = [meters_worker.spawn(env, logs / f"worker-{i}.log") for i in range(workers)]
     first: tuple[float, int] | None = None
+    stable: tuple[float, int] | None = None
     found = 0
+    cpu = CpuMeter()  # the worker processes (``python``) and the servers, over the first window
+    cpu_before = cpu.snapshot()
     try:
         give_up = time.monotonic() + INGEST_SECONDS + 120
         while time.monotonic() < give_up:
@@ -239,12 +264,22 @@ async def workers_rate(
                 found += sum(1 for r in records if ("event_type", accepted) in (r.headers or ()))
             if found and first is None:
                 first = (now, found)
+                cpu_before = cpu.snapshot()
+            if stable is None and await group_stable(admin, env["METERS_TEST_APP_ID"], workers):
+                stable = (time.perf_counter(), found)
             if first is not None and found >= expected:
+                readings = found - first[1]
+                cpu.report(f"meters_workers_{workers}", cpu_before, cpu.snapshot(), readings)
                 shutil.rmtree(logs, ignore_errors=True)  # kept when they did not finish
-                return (found - first[1]) / max(now - first[0], 1e-3)
+                start = max(first, stable) if stable is not None else None
+                return (
+                    (found - first[1]) / max(now - first[0], 1e-3),
+                    None if start is None else (found - start[1]) / max(now - start[0], 1e-3),
+                )
         print(f"{workers} worker(s): {found} of {expected} in time; logs in {logs}", flush=True)
         return None
     finally:
+        await admin.close()
         await consumer.stop()
         for proc in procs:
             if proc.poll() is None:
@@ -344,11 +379,18 @@ async def _run(kafka: KafkaSettings, mongo_url: str, faust_dir: str) -> None:
         one = await workers_rate(kafka, mongo_url, (telemetry, commands), 1, readings)
         two = await workers_rate(kafka, mongo_url, (telemetry, commands), WORKERS, readings)
         if one:
-            bench("meters_one_worker_process", one, "readings/s")
+            bench("meters_one_worker_process", one[0], "readings/s")
         if two:
-            bench(f"meters_{WORKERS}_worker_processes", two, "readings/s")
+            bench(f"meters_{WORKERS}_worker_processes", two[0], "readings/s")
         if one and two:
-            bench(f"meters_{WORKERS}_workers_vs_one", two / one, "ratio")
+            bench(f"meters_{WORKERS}_workers_vs_one", two[0] / one[0], "ratio")
+        # The same once the group is stable with every worker in it (after the joining).
+        if one and one[1]:
+            bench("meters_one_worker_process_stable_group", one[1], "readings/s")
+        if two and two[1]:
+            bench(f"meters_{WORKERS}_worker_processes_stable_group", two[1], "readings/s")
+        if one and two and one[1] and two[1]:
+            bench(f"meters_{WORKERS}_workers_vs_one_stable_group", two[1] / one[1], "ratio")
 
 
 def main() -> int:
