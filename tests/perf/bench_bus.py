@@ -30,7 +30,7 @@ from shared.bus import ConsumerRunner, Message, Publisher, Subscription, ensure_
 from shared.config import KafkaSettings  # noqa: E402
 from shared.contracts import Topic  # noqa: E402
 from shared.events import Event  # noqa: E402
-from tests.perf.servers import local_infra_module, scratch_dir  # noqa: E402
+from tests.perf.servers import start_local_infra  # noqa: E402
 
 N = int(os.environ.get("BENCH_MESSAGES", "5000"))
 LIMIT_SECONDS = 300
@@ -146,15 +146,7 @@ def main() -> int:
     settings = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
     with contextlib.ExitStack() as stack:
         if settings is None:
-            module = local_infra_module()
-            infra = module.LocalInfra(
-                stack.enter_context(scratch_dir("fleetdesk-bench-")),
-                module.free_port(),
-                module.free_port(),
-            )
-            stack.callback(infra.stop)  # stopped before its folder goes
-            infra.start()
-            settings = infra.kafka_admin()
+            settings = start_local_infra(stack, "fleetdesk-bench-").kafka_admin()
         asyncio.run(asyncio.wait_for(bench(settings), LIMIT_SECONDS))
     return 0
 

@@ -67,7 +67,7 @@ from shared.contracts import (  # noqa: E402
 )
 from shared.store import Mongo  # noqa: E402
 from tests.integration import meters_worker  # noqa: E402
-from tests.perf.servers import CpuMeter, run_bench, scratch_dir  # noqa: E402
+from tests.perf.servers import CpuMeter, CpuSnapshot, run_bench, scratch_dir  # noqa: E402
 from tests.perf.servers import bench_line as bench  # noqa: E402
 from tests.support import eventually, kafka_environment  # noqa: E402
 
@@ -254,7 +254,7 @@ async def workers_rate(
     stable: tuple[float, int] | None = None
     found = 0
     cpu = CpuMeter()  # the worker processes (``python``) and the servers, over the first window
-    cpu_before = cpu.snapshot()
+    cpu_before: CpuSnapshot | None = None  # taken with ``first``
     try:
         give_up = time.monotonic() + INGEST_SECONDS + 120
         while time.monotonic() < give_up:
@@ -267,13 +267,13 @@ async def workers_rate(
                 cpu_before = cpu.snapshot()
             if stable is None and await group_stable(admin, env["METERS_TEST_APP_ID"], workers):
                 stable = (time.perf_counter(), found)
-            if first is not None and found >= expected:
+            if first is not None and cpu_before is not None and found >= expected:
                 readings = found - first[1]
                 cpu.report(f"meters_workers_{workers}", cpu_before, cpu.snapshot(), readings)
                 shutil.rmtree(logs, ignore_errors=True)  # kept when they did not finish
                 start = max(first, stable) if stable is not None else None
                 return (
-                    (found - first[1]) / max(now - first[0], 1e-3),
+                    readings / max(now - first[0], 1e-3),
                     None if start is None else (found - start[1]) / max(now - start[0], 1e-3),
                 )
         print(f"{workers} worker(s): {found} of {expected} in time; logs in {logs}", flush=True)

@@ -46,7 +46,12 @@ from shared import contracts as c  # noqa: E402
 from shared import projections  # noqa: E402
 from shared.config import MongoSettings  # noqa: E402
 from shared.store import Mongo  # noqa: E402
-from tests.perf.servers import bench_line, local_infra_module, scratch_dir  # noqa: E402
+from tests.perf.servers import (  # noqa: E402
+    bench_line,
+    local_infra_module,
+    scratch_dir,
+    start_local_infra,
+)
 
 N = int(os.environ.get("BENCH_NOTIFY_RECIPIENTS", "10000"))
 CONNECTIONS = int(os.environ.get("BENCH_NOTIFY_CONNECTIONS", "8"))
@@ -237,15 +242,7 @@ def main() -> int:
     smtp_host = os.environ.get("FLEETDESK_TEST_SMTP_HOST")
     with contextlib.ExitStack() as stack:  # each server stopped before its folder goes
         if not mongo_url:
-            module = local_infra_module()
-            local = module.LocalInfra(
-                stack.enter_context(scratch_dir("bench-notify-")),
-                module.free_port(),
-                module.free_port(),
-            )
-            stack.callback(local.stop)
-            local.start()
-            mongo_url = local.mongo_url
+            mongo_url = start_local_infra(stack, "bench-notify-").mongo_url
         if smtp_host:
             port = int(os.environ["FLEETDESK_TEST_SMTP_PORT"])
             api = os.environ["FLEETDESK_TEST_SMTP_API"]

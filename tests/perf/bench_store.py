@@ -19,11 +19,11 @@ Prints ``BENCH <name> <value> <unit>`` lines (and progress on stderr).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.perf.servers import bench_line as bench  # noqa: E402
-from tests.perf.servers import local_infra_module  # noqa: E402
+from tests.perf.servers import start_local_infra  # noqa: E402
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 BATCH = 5000
@@ -151,7 +151,6 @@ def run(url: str, plan: Plan) -> None:
 
 
 def main() -> int:
-    infra = local_infra_module()
     docs = int(os.environ.get("BENCH_STORE_DOCS", "1000000"))
     stock_docs = int(os.environ.get("BENCH_STORE_STOCK_DOCS", "10000"))
     plans = {
@@ -162,16 +161,10 @@ def main() -> int:
     for backend, plan in plans.items():
         if backend not in backends:
             continue
-        with tempfile.TemporaryDirectory(prefix="fleetdesk-bench-store-") as tmp:
-            local = infra.LocalInfra(
-                Path(tmp), mongo_port=infra.free_port(), backend=backend, kafka=False
-            )
+        with contextlib.ExitStack() as stack:
             progress(f"starting {backend} server")
-            local.start()
-            try:
-                run(local.mongo_url, plan)
-            finally:
-                local.stop()
+            local = start_local_infra(stack, "fleetdesk-bench-store-", backend=backend, kafka=False)
+            run(local.mongo_url, plan)
     return 0
 
 

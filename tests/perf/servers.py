@@ -118,6 +118,18 @@ def local_infra_module() -> Any:
     return module
 
 
+def start_local_infra(stack: contextlib.ExitStack, prefix: str, **options: Any) -> Any:
+    """``deploy/local/infra.py``'s servers (``LocalInfra`` with ``options``, free ports) started
+    in a :func:`scratch_dir`; when ``stack`` closes they are stopped, then their folder goes."""
+    module = local_infra_module()
+    infra = module.LocalInfra(
+        stack.enter_context(scratch_dir(prefix)), module.free_port(), module.free_port(), **options
+    )
+    stack.callback(infra.stop)  # stopped before its folder goes
+    infra.start()
+    return infra
+
+
 def run_bench(
     bench: Callable[[KafkaSettings, str], Awaitable[None]],
     limit_seconds: float,
@@ -131,12 +143,7 @@ def run_bench(
     kafka = KafkaSettings(bootstrap_servers=bootstrap) if bootstrap else None
     with contextlib.ExitStack() as stack:
         if not (kafka and mongo_url):
-            module = local_infra_module()
-            infra = module.LocalInfra(
-                stack.enter_context(scratch_dir(prefix)), module.free_port(), module.free_port()
-            )
-            stack.callback(infra.stop)  # stopped before its folder goes
-            infra.start()
+            infra = start_local_infra(stack, prefix)
             kafka, mongo_url = infra.kafka_admin(), infra.mongo_url
         use_uvloop()  # as the services run (shared.service.serve)
         asyncio.run(asyncio.wait_for(bench(kafka, mongo_url), limit_seconds))
