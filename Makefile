@@ -52,6 +52,7 @@ asyncapi: install
 bench: install
 	$(UV) run --frozen python tests/perf/bench_bus.py
 	$(UV) run --frozen python tests/perf/bench_store.py
+	$(UV) run --frozen python tests/perf/bench_ferretdb_gc.py
 	$(UV) run --frozen python tests/perf/bench_outbox.py
 	$(UV) run --frozen python tests/perf/bench_tickets.py
 	$(UV) run --frozen python tests/perf/bench_devices.py
