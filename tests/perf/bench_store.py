@@ -40,6 +40,7 @@ from tests.perf.servers import start_local_infra  # noqa: E402
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 BATCH = 5000
+RANGE = 100  # documents a range query returns
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,9 @@ def run(url: str, plan: Plan) -> None:
             bench(f"{prefix}.find_one_{name}.p50", statistics.median(times), "ms")
             bench(f"{prefix}.find_one_{name}.p99", percentile(times, 0.99), "ms")
 
-        progress(f"{plan.label}: bulk_write of {plan.upserts} upserts by _id")
-        ids = rng.sample(range(plan.docs), plan.upserts)
+        upserts = min(plan.upserts, plan.docs)  # each an existing document, none twice
+        progress(f"{plan.label}: bulk_write of {upserts} upserts by _id")
+        ids = rng.sample(range(plan.docs), upserts)
         ops = [
             UpdateOne({"_id": f"dev{i:08d}"}, {"$set": {"status": "seen", "v": i}}, upsert=True)
             for i in ids
@@ -127,21 +129,21 @@ def run(url: str, plan: Plan) -> None:
         started = time.perf_counter()
         result = coll.bulk_write(ops, ordered=False)
         elapsed = time.perf_counter() - started
-        assert result.matched_count == plan.upserts, result.bulk_api_result
-        bench(f"{prefix}.bulk_upserts", plan.upserts / elapsed, "ops/s")
+        assert result.matched_count == upserts, result.bulk_api_result
+        bench(f"{prefix}.bulk_upserts", upserts / elapsed, "ops/s")
 
         progress(f"{plan.label}: {plan.ranges} range queries on the date field")
 
         def range_query() -> None:
-            start = rng.randrange(plan.docs - 100)
+            start = rng.randrange(plan.docs - RANGE)
             query = {
                 "at": {
                     "$gte": BASE + timedelta(seconds=start),
-                    "$lt": BASE + timedelta(seconds=start + 100),
+                    "$lt": BASE + timedelta(seconds=start + RANGE),
                 }
             }
             found = list(coll.find(query, {"_id": 1}))
-            assert len(found) == 100, len(found)
+            assert len(found) == RANGE, len(found)
 
         times = timed(range_query, plan.ranges)
         bench(f"{prefix}.range_100.p50", statistics.median(times), "ms")
@@ -150,12 +152,21 @@ def run(url: str, plan: Plan) -> None:
         client.close()
 
 
+def count_label(n: int) -> str:
+    """``10k`` for 10,000 documents, ``500`` for 500."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
 def main() -> int:
     docs = int(os.environ.get("BENCH_STORE_DOCS", "1000000"))
     stock_docs = int(os.environ.get("BENCH_STORE_STOCK_DOCS", "10000"))
+    for name, value in (("BENCH_STORE_DOCS", docs), ("BENCH_STORE_STOCK_DOCS", stock_docs)):
+        if value <= RANGE:
+            print(f"{name} must be more than {RANGE} (a range query returns {RANGE} documents)")
+            return 2
     plans = {
         "postgresql": Plan("patched-pg", docs, 2000, 2000, 5000, 500),
-        "sqlite": Plan(f"stock-sqlite-{stock_docs // 1000}k", stock_docs, 50, 20, 20, 20),
+        "sqlite": Plan(f"stock-sqlite-{count_label(stock_docs)}", stock_docs, 50, 20, 20, 20),
     }
     backends = os.environ.get("BENCH_STORE_BACKENDS", "postgresql,sqlite").split(",")
     for backend, plan in plans.items():
