@@ -58,6 +58,7 @@ bench: install
 	$(UV) run --frozen python tests/perf/bench_devices.py
 	$(UV) run --frozen python tests/perf/bench_meters.py
 	$(UV) run --frozen python tests/perf/bench_meters_state.py
+	$(UV) run --frozen python tests/perf/bench_meters_history.py
 	$(UV) run --frozen python tests/perf/bench_notify.py
 
 infra-fetch: install

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -26,6 +26,10 @@ from shared.events import utcnow
 from shared.store import Document
 
 READINGS = "readings"
+# The history reads a device's readings in windows going back in time (ReadingStore.page).
+HISTORY_WINDOW = timedelta(days=31)  # the first, and the least
+HISTORY_WINDOW_GROWTH = 3  # a window covers at most this times the time covered before it
+HISTORY_WINDOWS = 6  # then one window takes all that is older
 DECISIONS = "decisions"
 DUPLICATE_KEY = 11000
 
@@ -96,23 +100,51 @@ class ReadingStore:
         limit: int,
         offset: int,
     ) -> list[Reading]:
+        """Newest first, read in windows of time going back from ``until`` (or from now, the
+        first window then without an upper bound: a device's clock may be ahead) until the page
+        is full.
+
+        The server sorts by ``read_at`` only after reading every document the filter selects
+        (FerretDB 1.x pushes no sort down to PostgreSQL), so one query over the device's whole
+        history costs in proportion to that history: about 0.5 s for a device with 5,000
+        readings. A window's date range is served by the index, so a page costs in proportion
+        to the readings of the windows it needed (``tests/perf/bench_meters_history.py``). The
+        first window is 31 days; each next one is sized from the readings found so far to hold
+        what the page still needs (a quarter more), at least 31 days and at most three times
+        the time already covered; after six, one query takes all that is older. The windows are
+        disjoint and ordered, so their pages in turn are the one sorted list."""
         query: Document = {"device_id": device_id}
         if source is not None:
             query["source"] = source.value
-        window: Document = {}
-        if since is not None:
-            window["$gte"] = since
-        if until is not None:
-            window["$lt"] = until
-        if window:
-            query["read_at"] = window
-        cursor = (
-            self._readings.find(query)
-            .sort([("read_at", DESCENDING), ("_id", DESCENDING)])
-            .skip(offset)
-            .limit(limit)
-        )
-        return [to_reading(d) async for d in cursor]
+        wanted = offset + limit
+        found: list[Document] = []
+        start = utcnow() if until is None else until
+        upper: datetime | None = until
+        lower: datetime | None = start - HISTORY_WINDOW
+        for n in range(HISTORY_WINDOWS + 1):
+            last = n == HISTORY_WINDOWS or (
+                since is not None and lower is not None and lower <= since
+            )
+            if last:
+                lower = since
+            window: Document = {}
+            if lower is not None:
+                window["$gte"] = lower
+            if upper is not None:
+                window["$lt"] = upper
+            cursor = self._readings.find({**query, "read_at": window} if window else query)
+            cursor = cursor.sort([("read_at", DESCENDING), ("_id", DESCENDING)])
+            found += [d async for d in cursor.limit(wanted - len(found))]
+            if len(found) >= wanted or last or lower is None:
+                break
+            covered = start - lower
+            if found:
+                span = covered * ((wanted - len(found)) / len(found)) * 1.25
+            else:
+                span = covered * HISTORY_WINDOW_GROWTH
+            span = min(max(span, HISTORY_WINDOW), covered * HISTORY_WINDOW_GROWTH)
+            upper, lower = lower, lower - span
+        return [to_reading(d) for d in found[offset:wanted]]
 
     async def since(self, device_id: str, since: datetime | None) -> list[Reading]:
         query: Document = {"device_id": device_id}
