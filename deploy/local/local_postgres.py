@@ -148,6 +148,18 @@ def url(port: int) -> str:
     return f"postgres://{USER}@127.0.0.1:{port}/{DATABASE}"
 
 
+def sql(port: int, statement: str, timeout: float = 600.0) -> str:
+    """Run one SQL statement with psql as the super user; its output (raises if it fails)."""
+    result = subprocess.run(
+        [str(bin_dir() / "psql"), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", statement, url(port)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return result.stdout
+
+
 def ready(port: int) -> bool:
     result = subprocess.run(
         [str(bin_dir() / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", USER],
