@@ -56,6 +56,7 @@ bench: install
 	$(UV) run --frozen python tests/perf/bench_outbox.py
 	$(UV) run --frozen python tests/perf/bench_tickets.py
 	$(UV) run --frozen python tests/perf/bench_devices.py
+	$(UV) run --frozen python tests/perf/bench_devices_list.py
 	$(UV) run --frozen python tests/perf/bench_meters.py
 	$(UV) run --frozen python tests/perf/bench_meters_state.py
 	$(UV) run --frozen python tests/perf/bench_meters_history.py
