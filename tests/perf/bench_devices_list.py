@@ -21,10 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from services.devices.adapters.store import DEVICES, INDEXES, MongoDevices  # noqa: E402
 from services.devices.core.model import Device, HistoryEntry  # noqa: E402
 from tests.perf.servers import bench_line as bench  # noqa: E402
-from tests.perf.servers import start_local_infra  # noqa: E402
+from tests.perf.servers import insert_side_by_side, median_ms, start_local_infra  # noqa: E402
 
 DOCS = int(os.environ.get("BENCH_DEVICES_LIST", "1000000"))
 SIZES = (50, 500, 5000)
@@ -79,28 +76,11 @@ def device_doc(n: int) -> dict[str, Any]:
 async def load(db: Any) -> None:
     collection = db[DEVICES]
     await collection.create_indexes(INDEXES[DEVICES])
-    started, n, chunk = time.perf_counter(), 0, 1000
-    while n < DOCS:
-        docs = [device_doc(i) for i in range(n, min(DOCS, n + 4 * chunk))]
-        n += len(docs)
-        await asyncio.gather(
-            *(
-                collection.insert_many(docs[s : s + chunk], ordered=False)
-                for s in range(0, len(docs), chunk)
-            )
-        )
-        if n % 100_000 < 4 * chunk or n >= DOCS:
-            rate = n / (time.perf_counter() - started)
-            progress(f"{n:,}/{DOCS:,} devices ({rate:,.0f} docs/s)")
-
-
-async def median_ms(fn: Callable[[], Awaitable[Any]]) -> float:
-    times = []
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        await fn()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+    await insert_side_by_side(
+        collection,
+        (device_doc(n) for n in range(DOCS)),
+        progress=lambda n, rate: progress(f"{n:,}/{DOCS:,} devices ({rate:,.0f} docs/s)"),
+    )
 
 
 async def measure(infra: Any) -> None:
@@ -118,7 +98,7 @@ async def measure(infra: Any) -> None:
                 found = await devices.find({"org_id": org_id}, LIMIT)
                 assert len(found) == min(LIMIT, size), len(found)
 
-            taken = await median_ms(one_org)
+            taken = await median_ms(one_org, REPEATS)
             bench(f"devices_list_org_{size}", taken, "ms")
             bench(f"devices_list_org_{size}_per_device", taken / size * 1000, "us")
     finally:

@@ -19,7 +19,6 @@ import contextlib
 import os
 import secrets
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,15 @@ sys.path.insert(0, str(ROOT))
 
 from services.meters.adapters.store import INDEXES, READINGS  # noqa: E402
 from tests.perf.servers import bench_line as bench  # noqa: E402
-from tests.perf.servers import local_infra_module, start_local_infra  # noqa: E402
+from tests.perf.servers import (  # noqa: E402
+    insert_side_by_side,
+    local_infra_module,
+    start_local_infra,
+)
 
 VALUES = [v.strip() for v in os.environ.get("BENCH_GOGC", "100,400").split(",") if v.strip()]
 DOCS = int(os.environ.get("BENCH_DOCS", "60000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-CHUNK, SIDE_BY_SIDE = 1000, 4
 
 
 def readings(n: int, tag: str) -> list[dict[str, Any]]:
@@ -61,16 +63,7 @@ async def insert_round(client: AsyncMongoClient[Any], name: str, docs: list[Any]
     """Seconds to insert ``docs`` into a new indexed collection as the worker does."""
     collection = client["bench_gc"][name]
     await collection.create_indexes(INDEXES[READINGS])
-    started = time.perf_counter()
-    step = CHUNK * SIDE_BY_SIDE
-    for start in range(0, len(docs), step):
-        await asyncio.gather(
-            *(
-                collection.insert_many(docs[s : s + CHUNK], ordered=False)
-                for s in range(start, min(len(docs), start + step), CHUNK)
-            )
-        )
-    return time.perf_counter() - started
+    return await insert_side_by_side(collection, docs)
 
 
 def cpu_seconds(process: psutil.Process) -> float:

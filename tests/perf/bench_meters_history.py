@@ -26,10 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from services.meters.adapters.store import INDEXES, READINGS, ReadingStore  # noqa: E402
 from tests.perf.servers import bench_line as bench  # noqa: E402
-from tests.perf.servers import start_local_infra  # noqa: E402
+from tests.perf.servers import insert_side_by_side, median_ms, start_local_infra  # noqa: E402
 
 DOCS = int(os.environ.get("BENCH_HISTORY_DOCS", "1000000"))
 SIZES = (50, 500, 5000)
@@ -73,40 +71,25 @@ def plan() -> list[tuple[str, datetime]]:
     ]
 
 
+def readings() -> Iterator[dict[str, Any]]:
+    """The measured devices' readings first, then the rest over 300,000 other devices."""
+    measured = plan()
+    for n in range(DOCS):
+        if n < len(measured):
+            device_id, at = measured[n]
+        else:
+            device_id, at = f"dev-{n % 300_000}", NOW - timedelta(seconds=n)
+        yield reading(n, device_id, at)
+
+
 async def load(db: Any) -> None:
     collection = db[READINGS]
     await collection.create_indexes(INDEXES[READINGS])
-    measured = plan()
-    started, n, chunk = time.perf_counter(), 0, 1000
-    while n < DOCS:
-        docs = []
-        for _ in range(4 * chunk):
-            if n >= DOCS:
-                break
-            if n < len(measured):
-                device_id, at = measured[n]
-            else:
-                device_id, at = f"dev-{n % 300_000}", NOW - timedelta(seconds=n)
-            docs.append(reading(n, device_id, at))
-            n += 1
-        await asyncio.gather(
-            *(
-                collection.insert_many(docs[s : s + chunk], ordered=False)
-                for s in range(0, len(docs), chunk)
-            )
-        )
-        if n % 100_000 < 4 * chunk or n >= DOCS:
-            rate = n / (time.perf_counter() - started)
-            progress(f"{n:,}/{DOCS:,} readings ({rate:,.0f} docs/s)")
-
-
-async def median_ms(fn: Callable[[], Awaitable[Any]]) -> float:
-    times = []
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        await fn()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+    await insert_side_by_side(
+        collection,
+        readings(),
+        progress=lambda n, rate: progress(f"{n:,}/{DOCS:,} readings ({rate:,.0f} docs/s)"),
+    )
 
 
 async def measure_device(db: Any, history: ReadingStore, size: int) -> None:
@@ -132,15 +115,15 @@ async def measure_device(db: Any, history: ReadingStore, size: int) -> None:
     async def billing() -> None:
         await history.since(device_id, NOW - timedelta(days=372))
 
-    windowed = await median_ms(page)
-    single = await median_ms(single_query)
+    windowed = await median_ms(page, REPEATS)
+    single = await median_ms(single_query, REPEATS)
     bench(f"meters_history_{size}_page", windowed, "ms")
     bench(f"meters_history_{size}_single_query", single, "ms")
     bench(f"meters_history_{size}_single_query_vs_page", single / windowed, "ratio")
-    bench(f"meters_history_{size}_page_offset", await median_ms(lambda: page(450)), "ms")
-    single_offset = await median_ms(lambda: single_query(450))
+    bench(f"meters_history_{size}_page_offset", await median_ms(lambda: page(450), REPEATS), "ms")
+    single_offset = await median_ms(lambda: single_query(450), REPEATS)
     bench(f"meters_history_{size}_single_query_offset", single_offset, "ms")
-    bench(f"meters_history_{size}_billing_12_months", await median_ms(billing), "ms")
+    bench(f"meters_history_{size}_billing_12_months", await median_ms(billing, REPEATS), "ms")
 
 
 async def measure(infra: Any) -> None:

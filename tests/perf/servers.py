@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,45 @@ def local_infra_module() -> Any:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+async def insert_side_by_side(
+    collection: Any,
+    docs: Iterable[Any],
+    *,
+    chunk: int = 1000,
+    side_by_side: int = 4,
+    progress: Callable[[int, float], None] | None = None,
+) -> float:
+    """Insert ``docs`` with ``insert_many`` in chunks, ``side_by_side`` chunks at a time (as the
+    meters worker writes); ``progress(inserted, docs per second)`` after every 100,000 and at
+    the end. Returns the seconds it took."""
+    started, done, every = time.perf_counter(), 0, 100_000
+    it = iter(docs)
+    while batch := list(itertools.islice(it, chunk * side_by_side)):
+        await asyncio.gather(
+            *(
+                collection.insert_many(batch[s : s + chunk], ordered=False)
+                for s in range(0, len(batch), chunk)
+            )
+        )
+        before, done = done, done + len(batch)
+        if progress is not None and done // every > before // every:
+            progress(done, done / (time.perf_counter() - started))
+    elapsed = time.perf_counter() - started
+    if progress is not None and done % every:
+        progress(done, done / elapsed)
+    return elapsed
+
+
+async def median_ms(fn: Callable[[], Awaitable[Any]], repeats: int) -> float:
+    """The median of ``repeats`` awaits of ``fn()``, in milliseconds."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        await fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
 def start_local_infra(stack: contextlib.ExitStack, prefix: str, **options: Any) -> Any:
