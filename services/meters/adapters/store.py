@@ -119,23 +119,20 @@ class ReadingStore:
         wanted = offset + limit
         found: list[Document] = []
         start = utcnow() if until is None else until
-        upper: datetime | None = until
-        lower: datetime | None = start - HISTORY_WINDOW
+        upper, lower = until, start - HISTORY_WINDOW
         for n in range(HISTORY_WINDOWS + 1):
-            last = n == HISTORY_WINDOWS or (
-                since is not None and lower is not None and lower <= since
-            )
-            if last:
-                lower = since
+            # The last window reaches down to ``since``, or without a lower bound.
+            last = n == HISTORY_WINDOWS or (since is not None and lower <= since)
+            bound = since if last else lower
             window: Document = {}
-            if lower is not None:
-                window["$gte"] = lower
+            if bound is not None:
+                window["$gte"] = bound
             if upper is not None:
                 window["$lt"] = upper
             cursor = self._readings.find({**query, "read_at": window} if window else query)
             cursor = cursor.sort([("read_at", DESCENDING), ("_id", DESCENDING)])
             found += [d async for d in cursor.limit(wanted - len(found))]
-            if len(found) >= wanted or last or lower is None:
+            if len(found) >= wanted or last:
                 break
             covered = start - lower
             if found:
