@@ -16,9 +16,10 @@ import asyncio
 import base64
 import contextlib
 import json
+import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
@@ -38,6 +39,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     UnknownMemberIdError,
 )
+from murmurhash2 import murmurhash2
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import (
@@ -128,7 +130,26 @@ class InfrastructureError(Exception):
 # Brokers and security come from ``KafkaSettings.client_options`` (SASL, TLS).
 
 
+KAFKA_MURMUR2_SEED = 0x9747B28C
+
+
+def kafka_partition(key: bytes, partitions: Sequence[int]) -> int:
+    """The partition Kafka's default partitioner gives ``key`` among ``partitions`` (sorted):
+    murmur2 of the key, as every Kafka client computes it. Compiled (``murmurhash2``): aiokafka's
+    own murmur2 is pure Python, about 13 µs a key against 0.4 (a unit test holds them equal)."""
+    return partitions[(murmurhash2(key, KAFKA_MURMUR2_SEED) & 0x7FFFFFFF) % len(partitions)]
+
+
+def partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """aiokafka's ``DefaultPartitioner`` on :func:`kafka_partition`: a keyless record goes to a
+    random available partition."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    return kafka_partition(key, all_partitions)
+
+
 def new_producer(settings: KafkaSettings, **options: Any) -> AIOKafkaProducer:
+    options.setdefault("partitioner", partitioner)
     return AIOKafkaProducer(**settings.client_options(), **options)
 
 

@@ -21,8 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer
-
+from shared.bus import new_producer
 from shared.config import KafkaSettings
 from shared.contracts import TELEMETRY
 
@@ -102,9 +101,7 @@ async def produce(
     kafka: KafkaSettings, topic: str, reports: Iterator[tuple[str, bytes]], rate: float | None
 ) -> int:
     """Send the reports (at ``rate`` per second when given); returns how many were sent."""
-    producer = AIOKafkaProducer(
-        **kafka.client_options(), acks="all", enable_idempotence=True, linger_ms=5
-    )
+    producer = new_producer(kafka, acks="all", enable_idempotence=True, linger_ms=5)
     await producer.start()
     sent = 0
     started = time.monotonic()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
-from aiokafka.partitioner import DefaultPartitioner
 from fastapi import FastAPI
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -16,7 +15,7 @@ from services.tickets.adapters.store import INDEXES, TICKETS, MongoTicketStore
 from services.tickets.adapters.timers import TimerService
 from services.tickets.config import TicketsSettings
 from shared import contracts, projections
-from shared.bus import Handler, Message, Publisher, Subscription
+from shared.bus import Handler, Message, Publisher, Subscription, kafka_partition
 from shared.events import utcnow
 from shared.service import Runtime, build_service_app
 from shared.store import Document
@@ -34,7 +33,6 @@ class Partitions:
     def __init__(self, publisher: Publisher) -> None:
         self._publisher = publisher
         self._all: list[int] | None = None
-        self._partitioner = DefaultPartitioner()
 
     async def load(self) -> None:
         if self._all is None:
@@ -44,7 +42,7 @@ class Partitions:
     def __call__(self, ticket_id: str) -> int:
         if self._all is None:
             raise RuntimeError("partitions of tickets.timers not loaded yet")
-        return int(self._partitioner(ticket_id.encode(), self._all, self._all))
+        return kafka_partition(ticket_id.encode(), self._all)
 
 
 def policy(settings: TicketsSettings) -> handlers.Policy:

@@ -108,3 +108,23 @@ def test_new_with_outbox_keeps_the_document() -> None:
 def test_an_event_that_does_not_belong_on_the_topic_is_refused(build) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="does not belong on"):
         build()
+
+
+def test_kafka_partition_is_the_default_partitioners_choice() -> None:
+    """The compiled murmur2 puts every key where aiokafka's own partitioner (the Java client's
+    murmur2, in Python) does: keys of every length, any bytes, one to 64 partitions."""
+    import random
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from shared.bus import kafka_partition, partitioner
+
+    reference = DefaultPartitioner()
+    rng = random.Random(5)
+    for n in range(5000):
+        key = rng.randbytes(n % 97)
+        parts = list(range(1 + n % 64))
+        expected = reference(key, parts, parts)
+        assert kafka_partition(key, parts) == expected, key
+        assert partitioner(key, parts, parts[:1]) == expected, key
+    assert partitioner(None, [0, 1, 2], [1]) == 1  # keyless: an available partition

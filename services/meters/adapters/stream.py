@@ -43,7 +43,6 @@ from typing import Any, NamedTuple
 import faust
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 from faust.types.tuples import Message
 from pydantic import ValidationError
@@ -63,7 +62,7 @@ from services.meters.config import IngestSettings
 from services.meters.core import model
 from services.meters.core.model import Decision, DeviceMemory, Report, Submission
 from services.meters.core.ports import Outcome
-from shared.bus import Publisher
+from shared.bus import Publisher, kafka_partition, new_producer
 from shared.config import KafkaSettings, faust_broker_credentials
 from shared.contracts import (
     DEAD_LETTER,
@@ -243,8 +242,6 @@ class Ingestor:
         self._flushing: dict[bytes, tuple[int, Document]] = {}  # states being written now
         self._due = asyncio.Event()
         self._partitions: dict[str, list[int]] = {}
-        self._partition_cache: dict[str, dict[bytes, int]] = {}  # topic: {key: partition}
-        self._partitioner = DefaultPartitioner()
         self._lock = asyncio.Lock()
         self._stale_pending: set[bytes] = set()
         self._holes: dict[tuple[str, int], tuple[int, float]] = {}  # partition: (expected, since)
@@ -269,8 +266,8 @@ class Ingestor:
     async def start(self, kafka: KafkaSettings) -> None:
         """The events' own producer (idempotent, acks=all, large batches), then the flusher."""
         _collect_garbage_less_often(self.settings.gc_young_threshold)
-        self._producer = AIOKafkaProducer(
-            **kafka.client_options(),
+        self._producer = new_producer(
+            kafka,
             client_id=f"{self.publisher.service}-ingest-producer",
             enable_idempotence=True,
             acks="all",
@@ -727,7 +724,7 @@ class Ingestor:
         for target in {out.target for out in batch.events} - self._partitions.keys():
             partitions = await self._events_producer().partitions_for(target)
             self._partitions[target] = sorted(partitions)
-        partition_for = self._partition_for
+        partitions = self._partitions
         for out in batch.events:
             headers = envelope_headers(
                 out.event_id,
@@ -738,7 +735,8 @@ class Ingestor:
             )
             key = out.key.encode()
             target = out.target
-            records.append((target, partition_for(target, key), key, out.value, headers))
+            partition = kafka_partition(key, partitions[target])  # the producer's own choice
+            records.append((target, partition, key, out.value, headers))
         await self._send_records(records)
 
     async def _write_states(self, states: dict[bytes, tuple[int, Document]]) -> None:
@@ -758,19 +756,6 @@ class Ingestor:
         data = table.data
         for _, _, key, value, _ in records:
             data[key] = value
-
-    def _partition_for(self, topic: str, key: bytes) -> int:
-        """The producer's default partitioner (murmur2, as every Kafka client), cached per key:
-        computing it in Python for each event costs more than the rest of the send. The
-        topic's partitions are known (``_write`` asks for them first)."""
-        cache = self._partition_cache.get(topic)
-        if cache is None or len(cache) >= 1_000_000:
-            cache = self._partition_cache[topic] = {}
-        partition = cache.get(key)
-        if partition is None:
-            partitions = self._partitions[topic]
-            partition = cache[key] = self._partitioner(key, partitions, partitions)
-        return partition
 
     def _events_producer(self) -> AIOKafkaProducer:
         return self._producer or self.publisher.producer
