@@ -8,6 +8,12 @@ TOOLS_DIR ?= $(or $(FLEETDESK_CACHE),$(HOME)/.cache/fleetdesk)/tools
 export UV_SYSTEM_CERTS ?= 1
 export UV_NATIVE_TLS ?= 1
 UV ?= $(or $(shell command -v uv 2>/dev/null),$(TOOLS_DIR)/bin/uv)
+# The CPython uv builds the environment on: the fastest 3.11 on the machine, chosen once
+# (deploy/local/pick_python.py says why; delete the file to choose again). UV_PYTHON overrides.
+PYTHON_CHOICE := $(TOOLS_DIR)/python-choice
+ifndef UV_PYTHON
+export UV_PYTHON = $(shell cat $(PYTHON_CHOICE) 2>/dev/null)
+endif
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-unit test-integration test-e2e lint format asyncapi bench infra-fetch infra-stop
@@ -17,7 +23,12 @@ $(TOOLS_DIR)/bin/uv:
 	python3 -m venv $(TOOLS_DIR)
 	$(TOOLS_DIR)/bin/python -m pip install --quiet --disable-pip-version-check uv
 
-install: | $(UV)
+$(PYTHON_CHOICE):
+	@mkdir -p $(TOOLS_DIR)
+	@echo "choosing the fastest CPython 3.11 on this machine (once)"
+	python3 deploy/local/pick_python.py > $@.tmp && mv $@.tmp $@
+
+install: | $(UV) $(PYTHON_CHOICE)
 	$(UV) sync --frozen
 
 run: install
