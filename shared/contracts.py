@@ -19,6 +19,12 @@ from shared.events import Event
 
 Language = Literal["fi", "sv", "en"]
 Serial = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+# A counter as the history stores it: a name the database takes as a field name (no `$`, no `.`)
+# and a value it takes as a 64-bit integer. A report that broke either could not be written,
+# and the worker retried its batch for ever: so both are checked where a reading comes in.
+CounterName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+CounterValue = Annotated[int, Field(ge=0, le=10**12)]
+MAX_COUNTERS = 20
 
 
 class Role(StrEnum):
@@ -307,7 +313,9 @@ class ReadingSubmitted(Event):
     device_id: str = Field(description="The device.")
     serial: Serial = Field(description="Its serial (the partition key).")
     source: ReadingSource = Field(description="manual or phoned_in.")
-    counters: dict[str, Annotated[int, Field(ge=0)]] = Field(description="Counter values.")
+    counters: dict[CounterName, CounterValue] = Field(
+        max_length=MAX_COUNTERS, description="Counter values."
+    )
     submitted_by: str = Field(description="User id of the submitter.")
     submitted_at: AwareDatetime = Field(description="When it was submitted (its reading time).")
     reason: str | None = Field(None, description="Why an agent entered it (phoned in).")
@@ -455,8 +463,10 @@ class TelemetryReport(Event):
 
     serial: Serial = Field(description="Serial number of the reporting device.")
     sent_at: AwareDatetime = Field(description="When the device sent the report, with offset.")
-    counters: dict[str, Annotated[int, Field(ge=0)]] = Field(
-        default_factory=dict, description="Meter counters by name."
+    counters: dict[CounterName, CounterValue] = Field(
+        default_factory=dict,
+        max_length=MAX_COUNTERS,
+        description="Meter counters by name (lower case letters, digits and _; at most 10^12).",
     )
     supplies: dict[str, Annotated[int, Field(ge=0, le=100)]] = Field(
         default_factory=dict, description="Consumable levels in percent."

@@ -244,6 +244,11 @@ async def test_malformed_reports_are_dead_lettered_and_the_stream_goes_on(worker
     await worker.send(serial, b"{not json")
     await worker.send(serial, report(serial, {"total": -1}))
     await worker.send(unique("SN"), report(unique("SN"), {"total": 1}))  # key and serial differ
+    # Counters the store cannot hold (a 64-bit integer, a field name): their batch used to fail
+    # to write, and the worker retried it for ever, deciding nothing after it.
+    await worker.send(serial, report(serial, {"total": 2**64}))
+    await worker.send(serial, report(serial, {"$set": 5}))
+    await worker.send(serial, report(serial, {"a.b": 5}))
     await worker.send(serial, report(serial, {"total": 7}))
 
     async def one() -> list[dict[str, Any]]:
@@ -257,12 +262,14 @@ async def test_malformed_reports_are_dead_lettered_and_the_stream_goes_on(worker
             for r in await read_topic(worker.settings.kafka, DEAD_LETTER.name)
             if r.key == worker.telemetry.encode()
         ]
-        return found if len(found) >= 3 else []
+        return found if len(found) >= 6 else []
 
     found = await eventually(letters, timeout=15)
     assert {f["consumer_group"] for f in found} == {worker.app_id}
     reasons = " | ".join(f["error"] for f in found)
     assert "invalid TelemetryReport" in reasons and "differ" in reasons
+    assert "counters.total: Input should be less than or equal to 1000000000000" in reasons
+    assert reasons.count("counters.$set") == 1 and reasons.count("counters.a.b") == 1
 
 
 async def test_reports_of_removed_devices_are_refused(worker: Worker) -> None:

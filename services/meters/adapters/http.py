@@ -13,12 +13,10 @@ from services.meters.core import handlers
 from services.meters.core.model import Device, Reading, billing_snapshot
 from services.meters.core.ports import CommandBus, Decisions, DeviceDirectory, ReadingHistory
 from shared.auth import CurrentPrincipal, Principal, can_manage_device, can_see_device, forbidden
-from shared.contracts import ReadingSource
+from shared.contracts import MAX_COUNTERS, CounterName, CounterValue, ReadingSource
 from shared.http import Problem
 
 router = APIRouter(tags=["meters"])
-
-CounterName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
 
 class ReadingCreate(BaseModel):
@@ -26,8 +24,10 @@ class ReadingCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    counters: dict[CounterName, Annotated[int, Field(ge=0, le=10**12)]] = Field(
-        min_length=1, max_length=20, description="Counter values by name (total, black, ...)."
+    counters: dict[CounterName, CounterValue] = Field(
+        min_length=1,
+        max_length=MAX_COUNTERS,
+        description="Counter values by name (total, black, ...).",
     )
     reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = Field(
         None, description="Agents only: why the reading is entered for the customer."
