@@ -5,7 +5,7 @@ never started, its poll replaced by a list of polls)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,18 +40,28 @@ class Harness:
         consumer.callback = callback
 
     async def drain(self, polls: list[list[Any]], during: Any = None) -> None:
+        """Each poll's records as faust's fetch returns them (by partition, each in order);
+        ``during`` sees each record as it becomes a message."""
         remaining = list(polls)
 
-        async def getmany(timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        async def wait_next_records(timeout: float) -> tuple[dict[TP, list[Any]] | None, None]:
             if not remaining:
                 self.fetcher._stopped.set()
-                return
+                return None, None
+            by_partition: dict[TP, list[Any]] = {}
             for m in remaining.pop(0):
-                if during is not None:
-                    during(m)
-                yield m.tp, m
+                by_partition.setdefault(m.tp, []).append(m)
+            return by_partition, None
 
-        self.consumer.getmany = getmany  # type: ignore[method-assign]
+        def to_message(tp: TP, record: Any) -> Any:
+            if during is not None:
+                during(record)
+            return record
+
+        consumer: Any = self.consumer
+        consumer._wait_next_records = wait_next_records
+        consumer._to_message = to_message
+        consumer.highwater = lambda tp: 0
         await asyncio.wait_for(self.consumer._drain_messages(self.fetcher), 5)
 
 
@@ -68,13 +78,14 @@ async def harness() -> Harness:
 async def test_a_polls_sink_records_arrive_in_one_call_in_order_and_the_rest_one_by_one(
     harness: Harness,
 ) -> None:
+    """In one call per poll: partition by partition, each partition's records in order."""
     await harness.drain(
         [
             [msg(T0, 0), msg(T1, 5), msg(OTHER, 9), msg(T0, 1), msg(T1, 6)],
             [msg(T0, 2)],
         ]
     )
-    assert harness.sunk == [[(0, 0), (1, 5), (0, 1), (1, 6)], [(0, 2)]]
+    assert harness.sunk == [[(0, 0), (0, 1), (1, 5), (1, 6)], [(0, 2)]]
     assert harness.called == [("other", 9)]
 
 

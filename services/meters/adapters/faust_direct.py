@@ -9,12 +9,13 @@ time, more than deciding the reports did.
 
 :class:`DirectConsumer` keeps faust's consumer as it is (group membership, the table's
 co-partitioned assignment, recovery, commits of acknowledged offsets, seeks after a rebalance)
-and changes one thing: the records of a topic with a *sink* (``consumer.sinks[topic] = sink``)
-are collected while the poll is drained and handed to ``await sink(messages)`` at its end, in
-fetched order. The sink acknowledges them itself (``consumer.ack``) once their outputs are
-durable. A poll fetched before a rebalance is dropped, as faust clears its stream buffers then:
-faust seeks the partitions back to their committed offsets, and the meters worker's watermark
-refuses any record past a hole it would leave.
+and changes two things: the records of a topic with a *sink* (``consumer.sinks[topic] = sink``)
+are collected while the poll is drained and handed to ``await sink(messages)`` at its end,
+partition by partition, each in fetched order; and a poll is turned into messages in one pass
+(``_poll``), without faust's per-record generator steps. The sink acknowledges them itself
+(``consumer.ack``) once their outputs are durable. A poll fetched before a rebalance is dropped,
+as faust clears its stream buffers then: faust seeks the partitions back to their committed
+offsets, and the meters worker's watermark refuses any record past a hole it would leave.
 
 The faust agent on those topics stays: faust subscribes its topics and co-partitions the table
 with them. Its stream only receives records when the app runs on faust's own consumer.
@@ -29,7 +30,7 @@ from typing import Any, cast
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_kafka
-from faust.types import TransportT
+from faust.types import TP, TransportT
 from faust.types.tuples import Message
 from mode import Service
 
@@ -50,7 +51,6 @@ class DirectConsumer(faust_kafka.Consumer):
         registers its sink when it starts). The read offsets, the gaps (offsets absent
         from the log, acknowledged for faust's commit) and the periodic commit are as there."""
         callback = self.callback
-        getmany = self.getmany
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         get_read_offset = self._read_offset.__getitem__
@@ -58,14 +58,19 @@ class DirectConsumer(faust_kafka.Consumer):
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         sink_for = self.sinks.get
+        app = self.app
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                generation = self.app.consumer_generation_id
+                generation = app.consumer_generation_id
                 polled: dict[Sink, list[Message]] = {}
                 await self.sleep(0)
                 if not self.should_stop:
-                    async for tp, message in getmany(timeout=1.0):
+                    fetched_in, records = await self._poll(timeout=1.0)
+                    for tp, message in records:
+                        # As faust's getmany: a rebalance or a stop during the poll ends it.
+                        if not self.flow_active or app.consumer_generation_id != fetched_in:
+                            break
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is not None and offset < r_offset:
@@ -83,7 +88,7 @@ class DirectConsumer(faust_kafka.Consumer):
                         set_read_offset(tp, offset)
                 self.diag.unset_flag(CONSUMER_FETCHING)
                 for sink, messages in polled.items():
-                    if not self.flow_active or generation != self.app.consumer_generation_id:
+                    if not self.flow_active or generation != app.consumer_generation_id:
                         break  # fetched for the old assignment: read again from the commits
                     await sink(messages)
         except self.consumer_stopped_errors:
@@ -96,6 +101,36 @@ class DirectConsumer(faust_kafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _poll(self, timeout: float) -> tuple[int, list[tuple[TP, Message]]]:
+        """faust's ``Consumer.getmany`` (faust-streaming 0.15.3) as one list, without its work
+        per record: it walked the partitions round-robin through a generator, read the
+        partition's high-water mark and told the monitor for each record, and handed each over
+        through an async generator (about 3 µs a record, measured with the records of a poll
+        in memory; ``_to_message`` itself is 1.7). Here the high-water mark is read once per
+        partition and poll, and the records come partition by partition, each in its order
+        (a poll's partitions are independent: one writer per key, keys never share two).
+        Returns the records and the consumer generation they were fetched in."""
+        records, active = await self._wait_next_records(timeout)
+        generation = self.app.consumer_generation_id
+        if records is None or self.should_stop:
+            return generation, []
+        if not self.flow_active:
+            try:  # as faust: a poll while the flow is stopped seeks back to the commits
+                await self.perform_seek()
+            except Exception as exc:
+                self.log.warning(f"exception performing seek when flow not active {exc}")
+            return generation, []
+        to_message = self._to_message
+        buffered = self._buffered_partitions
+        track = self.app.monitor.track_tp_end_offset
+        polled: list[tuple[TP, Message]] = []
+        for tp, tp_records in records.items():
+            if active is not None and tp not in active and tp not in buffered:
+                continue
+            track(tp, self.highwater(tp))
+            polled.extend([(tp, to_message(tp, record)) for record in tp_records])
+        return generation, polled
 
 
 class DirectTransport(faust_kafka.Transport):

@@ -527,7 +527,7 @@ class Ingestor:
             memory,
             Report(
                 reading_id=position,
-                counters=dict(report.counters),
+                counters=report.counters,  # the report's own (ingest_report copies it)
                 errors=tuple(report.errors),
                 sent_at=report.sent_at,
                 received_at=msg.timestamp or time.time(),
@@ -891,7 +891,7 @@ def accepted_payload(reading: model.Reading) -> bytes:
             "reading_id": reading.reading_id,
             "device_id": reading.device_id,
             "org_id": reading.org_id,
-            "source": reading.source.value,
+            "source": reading.source,  # orjson writes an enum as its value
             "counters": reading.counters,
             "read_at": reading.read_at,
             "submitted_by": reading.submitted_by,

@@ -30,7 +30,7 @@ class Device:
     timezone: str = "UTC"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reading:
     """An accepted reading, as stored in the history."""
 
@@ -73,12 +73,11 @@ class Refusal:
         return body
 
 
-@dataclass
+@dataclass(slots=True)
 class DeviceMemory:
     """Per-device validation state: lives in the faust table, one writer per device."""
 
     counters: dict[str, int] = field(default_factory=dict)
-    read_at: str | None = None
     manual_day: str | None = None
     manual_at: str | None = None
     last_seen: float | None = None
@@ -93,7 +92,6 @@ class DeviceMemory:
         runs for every report)."""
         copy = DeviceMemory(
             self.counters,
-            self.read_at,
             self.manual_day,
             self.manual_at,
             self.last_seen,
@@ -108,7 +106,6 @@ class DeviceMemory:
     def to_dict(self) -> dict[str, Any]:
         return {
             "counters": self.counters,
-            "read_at": self.read_at,
             "manual_day": self.manual_day,
             "manual_at": self.manual_at,
             "last_seen": self.last_seen,
@@ -123,7 +120,6 @@ class DeviceMemory:
             return cls()
         return cls(
             counters=dict(raw.get("counters") or {}),
-            read_at=raw.get("read_at"),
             manual_day=raw.get("manual_day"),
             manual_at=raw.get("manual_at"),
             last_seen=raw.get("last_seen"),
@@ -133,7 +129,7 @@ class DeviceMemory:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     """The new state and what follows from one input."""
 
@@ -190,7 +186,6 @@ def _device_refusal(device: Device | None) -> Refusal | None:
 def _accept(after: DeviceMemory, reading: Reading) -> None:
     """Record an accepted reading on ``after``, a copy of the state its caller owns."""
     after.counters = {**after.counters, **reading.counters}
-    after.read_at = reading.read_at.isoformat()
 
 
 @dataclass(frozen=True)
@@ -241,7 +236,7 @@ def submit_reading(memory: DeviceMemory, cmd: Submission, device: Device | None)
     return Decision(after, reading=reading)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Report:
     """One eMaintenance report, already validated at the edge."""
 
@@ -258,8 +253,17 @@ def ingest_report(memory: DeviceMemory, report: Report, device: Device) -> Decis
     anomaly, never accepted. Error codes are a fault when their set differs from the last
     report's (a cleared set re-arms it). A report from a quiet device marks it back."""
     codes = sorted(set(report.errors)) if report.errors else []
-    # One copy of the state per report, changed in place below (this runs for every report).
-    after = memory.but(last_seen=report.received_at, errors=codes, stale=False)
+    # One copy of the state per report, changed in place below (this runs for every report:
+    # built directly, not by ``but``).
+    after = DeviceMemory(
+        memory.counters,
+        memory.manual_day,
+        memory.manual_at,
+        report.received_at,
+        codes,
+        False,
+        memory.positions,
+    )
     decision = Decision(after)
     if memory.stale:
         decision.stale = False
