@@ -58,6 +58,7 @@ from shared.events import (
     HEADER_EVENT_TYPE,
     Envelope,
     Event,
+    parse_json,
     utcnow,
 )
 from shared.logging import bind_correlation_id, current_correlation_id, get_logger
@@ -290,7 +291,7 @@ class Message:
         if self.value is None:
             raise PermanentError("empty value (tombstone) where an event was expected")
         try:
-            return model.model_validate_json(self.value)
+            return parse_json(model, self.value)
         except ValidationError as exc:
             raise PermanentError(f"invalid {model.__name__}: {_short(exc)}") from exc
 

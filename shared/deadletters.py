@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from shared.bus import Publisher, new_admin, new_consumer
 from shared.config import KafkaSettings
 from shared.contracts import DEAD_LETTER, DeadLetter
+from shared.events import parse_json
 
 _POSITION = re.compile(r"^(\d+):(\d+)$")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -114,7 +115,7 @@ async def read_dead_letters(
                         if record.offset >= ends[tp]:
                             continue
                         try:
-                            letter = DeadLetter.model_validate_json(record.value or b"")
+                            letter = parse_json(DeadLetter, record.value or b"")
                         except ValidationError:
                             print(
                                 f"skipped {tp.partition}:{record.offset}: not a dead letter",

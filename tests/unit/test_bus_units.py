@@ -128,3 +128,31 @@ def test_kafka_partition_is_the_default_partitioners_choice() -> None:
         assert kafka_partition(key, parts) == expected, key
         assert partitioner(key, parts, parts[:1]) == expected, key
     assert partitioner(None, [0, 1, 2], [1]) == 1  # keyless: an available partition
+
+
+def test_parse_json_validates_as_model_validate_json() -> None:
+    """The same model, or the same errors, for good and bad telemetry."""
+    from pydantic import ValidationError
+
+    from shared.contracts import TelemetryReport
+    from shared.events import parse_json
+
+    good = (
+        b'{"serial": "SN-1", "sent_at": "2026-11-28T06:09:34.5+02:00", "counters": {"total": 7},'
+        b' "supplies": {"black": 50}, "errors": ["C-1"]}'
+    )
+    parsed = parse_json(TelemetryReport, good)
+    assert type(parsed) is TelemetryReport
+    assert parsed == TelemetryReport.model_validate_json(good)
+    bad_values = [
+        b"{not json",
+        b'{"serial": "SN 1", "sent_at": "2026-11-28T06:09:34"}',  # a space; no offset
+        b'{"serial": "SN-1", "sent_at": "2026-11-28T06:09:34Z", "counters": {"$set": 2}}',
+        b'{"serial": "SN-1", "sent_at": "2026-11-28T06:09:34Z", "other": 1}',
+    ]
+    for bad in bad_values:
+        with pytest.raises(ValidationError) as ours:
+            parse_json(TelemetryReport, bad)
+        with pytest.raises(ValidationError) as theirs:
+            TelemetryReport.model_validate_json(bad)
+        assert ours.value.errors() == theirs.value.errors()

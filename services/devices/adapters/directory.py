@@ -19,6 +19,7 @@ from services.devices.core.ports import DeviceRef
 from shared.bus import new_consumer
 from shared.config import KafkaSettings
 from shared.contracts import DEVICES, DeviceState
+from shared.events import parse_json
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -106,7 +107,7 @@ async def follow_state_topic(
                     if record.value is None:
                         continue
                     try:
-                        directory.apply_state(DeviceState.model_validate_json(record.value))
+                        directory.apply_state(parse_json(DeviceState, record.value))
                     except ValueError as exc:
                         log.warning("unreadable device state", error=str(exc)[:200])
     finally:

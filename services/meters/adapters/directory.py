@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from services.meters.core.model import Device
 from shared.config import KafkaSettings
 from shared.contracts import DEVICES, ORGANISATIONS, DeviceState, OrganisationState
+from shared.events import parse_json
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -185,8 +186,8 @@ class DirectoryFeed:
             return
         try:
             if topic == DEVICES.name:
-                self.directory.apply_device(DeviceState.model_validate_json(value))
+                self.directory.apply_device(parse_json(DeviceState, value))
             else:
-                self.directory.apply_organisation(OrganisationState.model_validate_json(value))
+                self.directory.apply_organisation(parse_json(OrganisationState, value))
         except ValidationError as exc:
             log.warning("state record skipped", topic=topic, error=str(exc)[:300])

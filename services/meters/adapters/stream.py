@@ -83,6 +83,7 @@ from shared.events import (
     HEADER_EVENT_TYPE,
     Event,
     envelope_headers,
+    parse_json,
     utcnow,
 )
 from shared.logging import get_logger
@@ -509,7 +510,7 @@ class Ingestor:
         self, msg: Message, key: bytes, position: str, memory: DeviceMemory
     ) -> tuple[Decision | None, Outputs]:
         try:
-            report = TelemetryReport.model_validate_json(msg.value or b"")
+            report = parse_json(TelemetryReport, msg.value or b"")
         except ValidationError as exc:
             self._dead_letter(msg, f"invalid TelemetryReport: {_short(exc)}")
             return None, NOTHING
@@ -580,7 +581,7 @@ class Ingestor:
         event_type = headers.get(HEADER_EVENT_TYPE)
         try:
             if event_type == StaleCheck.event_type:
-                check = StaleCheck.model_validate_json(msg.value or b"")
+                check = parse_json(StaleCheck, msg.value or b"")
                 self._stale_pending.discard(key)
                 device = self.directory.by_serial(check.serial)
                 decision = model.check_stale(
@@ -590,7 +591,7 @@ class Ingestor:
                     stale = _stale_event(device, memory.last_seen, False, position)
                     return decision, Outputs(events=[stale])
                 return (decision if decision.stale else None), NOTHING
-            cmd = ReadingSubmitted.model_validate_json(msg.value or b"")
+            cmd = parse_json(ReadingSubmitted, msg.value or b"")
         except ValidationError as exc:
             self._dead_letter(msg, f"invalid command: {_short(exc)}")
             return None, NOTHING
@@ -708,7 +709,9 @@ class Ingestor:
     async def _write(self, batch: Batch) -> None:
         size = self.settings.insert_batch_size
         now = utcnow()  # when the batch's readings were accepted and its events occurred
-        readings = [{**doc, "accepted_at": now} for doc in batch.readings]
+        readings = batch.readings
+        for doc in readings:  # the batch's own documents (a retried flush sets it again)
+            doc["accepted_at"] = now
         # The chunks go in side by side, each on its own connection: FerretDB and PostgreSQL
         # work on them in parallel (one after the other, the worker mostly waited for them).
         inserts = [
