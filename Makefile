@@ -11,6 +11,12 @@ UV ?= $(or $(shell command -v uv 2>/dev/null),$(TOOLS_DIR)/bin/uv)
 # The CPython uv builds the environment on: the fastest 3.11 on the machine, chosen once
 # (deploy/local/pick_python.py says why; delete the file to choose again). UV_PYTHON overrides.
 PYTHON_CHOICE := $(TOOLS_DIR)/python-choice
+# A choice whose interpreter is gone (uninstalled, another machine's cache) is made again.
+ifneq ($(wildcard $(PYTHON_CHOICE)),)
+ifeq ($(shell p="$$(cat $(PYTHON_CHOICE))"; [ -x "$$p" ] && echo ok),)
+$(shell rm -f $(PYTHON_CHOICE))
+endif
+endif
 ifndef UV_PYTHON
 export UV_PYTHON = $(shell cat $(PYTHON_CHOICE) 2>/dev/null)
 endif
