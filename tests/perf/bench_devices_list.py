@@ -18,15 +18,11 @@ timed here (at 1,000,000 devices one request would take minutes). Each figure on
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from pymongo import AsyncMongoClient
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -34,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from services.devices.adapters.store import DEVICES, INDEXES, MongoDevices  # noqa: E402
 from services.devices.core.model import Device, HistoryEntry  # noqa: E402
 from tests.perf.servers import bench_line as bench  # noqa: E402
-from tests.perf.servers import insert_side_by_side, median_ms, start_local_infra  # noqa: E402
+from tests.perf.servers import insert_side_by_side, median_ms, run_on_loaded_database  # noqa: E402
 
 DOCS = int(os.environ.get("BENCH_DEVICES_LIST", "1000000"))
 SIZES = (50, 500, 5000)
@@ -83,34 +79,25 @@ async def load(db: Any) -> None:
     )
 
 
-async def measure(infra: Any) -> None:
-    client: AsyncMongoClient[Any] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
-    try:
-        db = client["bench_devices_list"]
-        await load(db)
-        progress("statistics (ANALYZE, as autovacuum would)")
-        await asyncio.to_thread(infra.analyze)
-        devices = MongoDevices(db, lambda _: None)
-        for size in SIZES:
-            progress(f"an organisation with {size:,} devices")
+async def measure(db: Any) -> None:
+    devices = MongoDevices(db, lambda _: None)
+    for size in SIZES:
+        progress(f"an organisation with {size:,} devices")
 
-            async def one_org(org_id: str = f"org-{size}", size: int = size) -> None:
-                found = await devices.find({"org_id": org_id}, LIMIT)
-                assert len(found) == min(LIMIT, size), len(found)
+        async def one_org(org_id: str = f"org-{size}", size: int = size) -> None:
+            found = await devices.find({"org_id": org_id}, LIMIT)
+            assert len(found) == min(LIMIT, size), len(found)
 
-            taken = await median_ms(one_org, REPEATS)
-            bench(f"devices_list_org_{size}", taken, "ms")
-            bench(f"devices_list_org_{size}_per_device", taken / size * 1000, "us")
-    finally:
-        await client.close()
+        taken = await median_ms(one_org, REPEATS)
+        bench(f"devices_list_org_{size}", taken, "ms")
+        bench(f"devices_list_org_{size}_per_device", taken / size * 1000, "us")
 
 
 def main() -> int:
     progress(f"{DOCS:,} devices; organisations of {', '.join(map(str, SIZES))} and of 20")
-    with contextlib.ExitStack() as stack:
-        infra = start_local_infra(stack, "fleetdesk-bench-devices-list-", kafka=False)
-        asyncio.run(asyncio.wait_for(measure(infra), 1800))
-    return 0
+    return run_on_loaded_database(
+        "fleetdesk-bench-devices-list-", "bench_devices_list", load, measure, progress
+    )
 
 
 if __name__ == "__main__":

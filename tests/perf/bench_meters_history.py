@@ -23,8 +23,6 @@ parallel sequential scan (373 ms for a device with 50 readings in 1,000,000).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -32,14 +30,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pymongo import DESCENDING, AsyncMongoClient
+from pymongo import DESCENDING
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from services.meters.adapters.store import INDEXES, READINGS, ReadingStore  # noqa: E402
 from tests.perf.servers import bench_line as bench  # noqa: E402
-from tests.perf.servers import insert_side_by_side, median_ms, start_local_infra  # noqa: E402
+from tests.perf.servers import insert_side_by_side, median_ms, run_on_loaded_database  # noqa: E402
 
 DOCS = int(os.environ.get("BENCH_HISTORY_DOCS", "1000000"))
 SIZES = (50, 500, 5000)
@@ -126,26 +124,17 @@ async def measure_device(db: Any, history: ReadingStore, size: int) -> None:
     bench(f"meters_history_{size}_billing_12_months", await median_ms(billing, REPEATS), "ms")
 
 
-async def measure(infra: Any) -> None:
-    client: AsyncMongoClient[Any] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
-    try:
-        db = client["bench_meters_history"]
-        await load(db)
-        progress("statistics (ANALYZE, as autovacuum would)")
-        await asyncio.to_thread(infra.analyze)
-        history = ReadingStore(db)
-        for size in SIZES:
-            await measure_device(db, history, size)
-    finally:
-        await client.close()
+async def measure(db: Any) -> None:
+    history = ReadingStore(db)
+    for size in SIZES:
+        await measure_device(db, history, size)
 
 
 def main() -> int:
     progress(f"{DOCS:,} readings; devices with {', '.join(map(str, SIZES))} of them")
-    with contextlib.ExitStack() as stack:
-        infra = start_local_infra(stack, "fleetdesk-bench-history-", kafka=False)
-        asyncio.run(asyncio.wait_for(measure(infra), 1800))
-    return 0
+    return run_on_loaded_database(
+        "fleetdesk-bench-history-", "bench_meters_history", load, measure, progress
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from pymongo import AsyncMongoClient
 
 from shared.config import KafkaSettings
 from shared.service import use_uvloop
@@ -169,6 +170,36 @@ def start_local_infra(stack: contextlib.ExitStack, prefix: str, **options: Any) 
     stack.callback(infra.stop)  # stopped before its folder goes
     infra.start()
     return infra
+
+
+def run_on_loaded_database(
+    prefix: str,
+    database: str,
+    load: Callable[[Any], Awaitable[None]],
+    measure: Callable[[Any], Awaitable[None]],
+    progress: Callable[[str], None],
+    limit_seconds: float = 1800,
+) -> int:
+    """A bench of queries on a large collection: local PostgreSQL and FerretDB (no Kafka) in a
+    :func:`scratch_dir`, ``load(db)``, PostgreSQL's statistics brought up to date (as its
+    autovacuum would soon after a large load), then ``measure(db)``, all within
+    ``limit_seconds``; returns an exit code."""
+
+    async def run(infra: Any) -> None:
+        client: AsyncMongoClient[Any] = AsyncMongoClient(infra.mongo_url, tz_aware=True)
+        try:
+            db = client[database]
+            await load(db)
+            progress("statistics (ANALYZE, as autovacuum would)")
+            await asyncio.to_thread(infra.analyze)
+            await measure(db)
+        finally:
+            await client.close()
+
+    with contextlib.ExitStack() as stack:
+        infra = start_local_infra(stack, prefix, kafka=False)
+        asyncio.run(asyncio.wait_for(run(infra), limit_seconds))
+    return 0
 
 
 def run_bench(
