@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from pymongo import (
     ASCENDING,
     DESCENDING,
@@ -334,6 +335,47 @@ async def test_lookups_by_id_and_indexed_field(db: AsyncDatabase[Doc]) -> None:
     assert (await coll.find_one({"serial": "S44"}) or {}).get("_id") == "d44"
     assert (await coll.find_one({"tags": "t45"}) or {}).get("_id") == "d45"
     assert await coll.count_documents({"serial": {"$ne": "S1"}}) == 499
+
+
+async def test_equality_on_an_indexed_field_matches_as_mongodb_does(
+    db: AsyncDatabase[Doc],
+) -> None:
+    """Equality on an indexed field: the value itself (numbers by value), or an array that holds
+    it; never a document, an empty array or another type (the embedded server answers it from
+    the field's btree index: FerretDB patch 0006)."""
+    coll = collection(db)
+    await coll.create_indexes([IndexModel([("k", ASCENDING), ("at", DESCENDING)], name="k_at")])
+    oid, at = ObjectId(), datetime(2026, 1, 1, tzinfo=UTC)
+    await coll.insert_many(
+        [{"_id": f"s{i}", "k": f"v{i}", "at": at + timedelta(minutes=i)} for i in range(50)]
+        + [
+            {"_id": "array", "k": ["x", "v5"]},
+            {"_id": "int", "k": 5},
+            {"_id": "double", "k": 5.0},
+            {"_id": "int_array", "k": [1, 5]},
+            {"_id": "true", "k": True},
+            {"_id": "oid", "k": oid},
+            {"_id": "date", "k": at},
+            {"_id": "document", "k": {"a": "v5"}},
+            {"_id": "empty", "k": []},
+            {"_id": "string_5", "k": "5"},
+        ]
+    )
+
+    async def ids(query: Doc) -> list[str]:
+        return sorted([d["_id"] async for d in coll.find(query)])
+
+    assert await ids({"k": "v5"}) == ["array", "s5"]
+    assert await ids({"k": {"$eq": "v5"}}) == ["array", "s5"]
+    assert await ids({"k": 5}) == ["double", "int", "int_array"]
+    assert await ids({"k": 5.0}) == ["double", "int", "int_array"]
+    assert await ids({"k": 1}) == ["int_array"]
+    assert await ids({"k": "5"}) == ["string_5"]
+    assert await ids({"k": True}) == ["true"]
+    assert await ids({"k": oid}) == ["oid"]
+    assert await ids({"k": at}) == ["date"]
+    assert await ids({"k": "v7", "at": {"$gte": at}}) == ["s7"]
+    assert await ids({"k": "absent"}) == []
 
 
 async def test_embedded_server_lookups_use_indexes(db: AsyncDatabase[Doc]) -> None:
