@@ -38,3 +38,17 @@ def test_a_device_is_built_once_and_rebuilt_when_it_or_its_organisation_changes(
     assert moved is not None and moved.timezone == "America/New_York" and moved.removed
 
     assert directory.device("dev-2") is None and directory.by_serial("SN-2") is None
+
+
+def test_a_device_loaded_before_its_organisation_gets_the_organisations_time_zone() -> None:
+    directory = Directory()
+    directory.apply_device(device_state(1))  # the two topics are read side by side
+    early = directory.by_serial("SN-1")
+    assert early is not None and early.timezone == "UTC"  # its organisation is not known yet
+
+    directory.apply_organisation(org_state(1, "Europe/Helsinki"))
+    known = directory.by_serial("SN-1")
+    assert known is not None and known.timezone == "Europe/Helsinki"
+
+    directory.apply_organisation(org_state(2, "Europe/Helsinki"))  # renamed, say: same zone
+    assert directory.by_serial("SN-1") is known  # nothing to build again

@@ -29,6 +29,7 @@ def ingestor(grace: float = 10.0) -> Any:
     ing._batch = stream.Batch()
     ing._flushing = {}
     ing._holes = {}
+    ing._watermark_keys = {}
     ing._seeks = set()
     ing.table = SimpleNamespace(data={})
     ing.app = SimpleNamespace(consumer=FakeConsumer())

@@ -34,7 +34,7 @@ import contextlib
 import gc
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -246,6 +246,7 @@ class Ingestor:
         self._lock = asyncio.Lock()
         self._stale_pending: set[bytes] = set()
         self._holes: dict[tuple[str, int], tuple[int, float]] = {}  # partition: (expected, since)
+        self._watermark_keys: dict[tuple[str, int], bytes] = {}
         self._seeks: set[asyncio.Future[Any]] = set()
         self.flushed = 0
         source = app.topic(
@@ -335,6 +336,7 @@ class Ingestor:
             for topic in self._tags:
                 sinks[topic] = self.receive
         await self.directory.caught_up.wait()
+        _freeze_what_is_loaded()
         self._bound_fetch_wait()
         async for event in stream.noack().events():
             await self.receive((event.message,))
@@ -395,14 +397,16 @@ class Ingestor:
         nor acknowledged, and its partition is sought back to the hole; a hole still there after
         ``hole_grace_seconds`` is in the log itself (transaction markers, retention) and is
         passed."""
-        key = _watermark_key(msg.topic, msg.partition)
+        tp = (msg.topic, msg.partition)
+        key = self._watermark_keys.get(tp)
+        if key is None:
+            key = self._watermark_keys[tp] = _watermark_key(*tp)
         state = self._state(key)
         last = None if state is None else int(state["offset"])
         if last is None or msg.offset <= last + 1:
             if last is None or msg.offset > last:
                 self._batch.states[key] = (msg.partition, {"offset": msg.offset})
             return True
-        tp = (msg.topic, msg.partition)
         expected, now = last + 1, time.monotonic()
         hole = self._holes.get(tp)
         if hole is None or hole[0] != expected:
@@ -473,7 +477,7 @@ class Ingestor:
         pending = self._batch.states.get(key) or self._flushing.get(key)
         if pending is not None:
             return pending[1]
-        raw: bytes | None = self.table.data.get(key)  # the store itself: no mapping layers
+        raw: bytes | None = self._store().get(key)
         return None if raw is None else _loads(raw)
 
     def _add_outputs(self, outputs: Outputs) -> None:
@@ -756,9 +760,17 @@ class Ingestor:
             value = memoryview(orjson.dumps(state)).tobytes()
             records.append((changelog, partition, key, value, []))
         await self._send_records(records)
-        data = table.data
+        data = self._store()
         for _, _, key, value, _ in records:
             data[key] = value
+
+    def _store(self) -> MutableMapping[bytes, bytes]:
+        """The table's store: for faust's ``memory://`` store (``build_faust_app``), the plain
+        dict it keeps. A report reads it once and a flush writes it once per device, and faust's
+        mapping layers in between (``FastUserDict``) cost about 1 µs each time."""
+        store: Any = self.table.data
+        data = getattr(store, "data", None)
+        return data if isinstance(data, dict) else store
 
     def _events_producer(self) -> AIOKafkaProducer:
         return self._producer or self.publisher.producer
@@ -839,6 +851,18 @@ def _collect_garbage_less_often(threshold: int) -> None:
     if threshold > first:
         gc.set_threshold(threshold, *older)
         log.info("garbage collector tuned", young_threshold=threshold)
+
+
+def _freeze_what_is_loaded() -> None:
+    """Once the directory is loaded and faust has started, everything the process holds is
+    moved out of the garbage collector's generations (``gc.freeze``): the directory alone is
+    some hundred thousand objects for a fleet of 100,000, which every full collection traversed
+    again (measured on the bench: 0.23 s for one, 0.15 s for two middle ones, in 14 s of
+    ingest). Objects made later are collected as before; a frozen object is still freed when its
+    last reference goes (only cycles among frozen objects would stay)."""
+    gc.collect()  # what is garbage already is not frozen
+    gc.freeze()
+    log.info("loaded objects frozen out of the garbage collector", frozen=gc.get_freeze_count())
 
 
 def _loads(raw: bytes) -> Document:
