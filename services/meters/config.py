@@ -12,7 +12,7 @@ class IngestSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLEETDESK_METERS_", extra="ignore")
 
     batch_size: int = Field(
-        2000, ge=1, description="Inputs decided before a flush (insert_many + publish) is due."
+        4000, ge=1, description="Inputs decided before a flush (insert_many + publish) is due."
     )
     flush_interval_ms: int = Field(
         100, ge=5, description="A partial batch is flushed after at most this long."

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from services.meters.adapters.directory import Directory
+import pytest
+from pydantic import ValidationError
+
+from services.meters.adapters.directory import Directory, DirectoryDevice
 from shared.contracts import DeviceState, OrganisationState
+from shared.events import parse_json
 
 
 def device_state(revision: int, *, removed: bool = False) -> DeviceState:
@@ -52,3 +56,21 @@ def test_a_device_loaded_before_its_organisation_gets_the_organisations_time_zon
 
     directory.apply_organisation(org_state(2, "Europe/Helsinki"))  # renamed, say: same zone
     assert directory.by_serial("SN-1") is known  # nothing to build again
+
+
+def test_the_feed_reads_what_the_directory_needs_of_a_state_record_under_the_contracts_rules() -> (
+    None
+):
+    full = DeviceState(
+        device_id="dev-1", org_id="org-1", serial="SN-1", model="m", name="Lobby", revision=3
+    )
+    seen = parse_json(DirectoryDevice, full.model_dump_json())
+    assert (seen.device_id, seen.serial, seen.revision, seen.emaintenance) == (
+        "dev-1",
+        "SN-1",
+        3,
+        True,
+    )
+    assert not hasattr(seen, "name")  # the rest of the record is not read
+    with pytest.raises(ValidationError):  # the contract's constraints still hold
+        parse_json(DirectoryDevice, b'{"device_id":"d","org_id":"o","serial":"S 1","revision":0}')

@@ -860,7 +860,7 @@ def _freeze_what_is_loaded() -> None:
     again (measured on the bench: 0.23 s for one, 0.15 s for two middle ones, in 14 s of
     ingest). Objects made later are collected as before; a frozen object is still freed when its
     last reference goes (only cycles among frozen objects would stay)."""
-    gc.collect()  # what is garbage already is not frozen
+    gc.collect(1)  # the young garbage is not frozen (a full collection here took 0.19 s)
     gc.freeze()
     log.info("loaded objects frozen out of the garbage collector", frozen=gc.get_freeze_count())
 
