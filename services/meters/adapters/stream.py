@@ -267,7 +267,7 @@ class Ingestor:
 
     async def start(self, kafka: KafkaSettings) -> None:
         """The events' own producer (idempotent, acks=all, large batches), then the flusher."""
-        _collect_garbage_less_often(self.settings.gc_young_threshold)
+        collect_garbage_less_often(self.settings.gc_young_threshold)
         self._producer = new_producer(
             kafka,
             client_id=f"{self.publisher.service}-ingest-producer",
@@ -336,7 +336,7 @@ class Ingestor:
             for topic in self._tags:
                 sinks[topic] = self.receive
         await self.directory.caught_up.wait()
-        _freeze_what_is_loaded()
+        freeze_what_is_loaded()
         self._bound_fetch_wait()
         async for event in stream.noack().events():
             await self.receive((event.message,))
@@ -840,7 +840,7 @@ class Ingestor:
             self._stale_pending.clear()  # answers lost to a rebalance: ask again
 
 
-def _collect_garbage_less_often(threshold: int) -> None:
+def collect_garbage_less_often(threshold: int) -> None:
     """Every report allocates some hundred short-lived containers, so with Python's default
     threshold (700) a young collection ran every few reports, and the older generations, which
     hold the table and the directory, were traversed again and again as they grew (measured on
@@ -853,7 +853,7 @@ def _collect_garbage_less_often(threshold: int) -> None:
         log.info("garbage collector tuned", young_threshold=threshold)
 
 
-def _freeze_what_is_loaded() -> None:
+def freeze_what_is_loaded() -> None:
     """Once the directory is loaded and faust has started, everything the process holds is
     moved out of the garbage collector's generations (``gc.freeze``): the directory alone is
     some hundred thousand objects for a fleet of 100,000, which every full collection traversed
