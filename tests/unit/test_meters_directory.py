@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from services.meters.adapters import directory as directory_module
 from services.meters.adapters.directory import Directory, DirectoryDevice
 from shared.contracts import DeviceState, OrganisationState
 from shared.events import parse_json
@@ -72,5 +73,7 @@ def test_the_feed_reads_what_the_directory_needs_of_a_state_record_under_the_con
         True,
     )
     assert not hasattr(seen, "name")  # the rest of the record is not read
+    # every fact the directory reads is a field of the contract, so the projection has it
+    assert set(DirectoryDevice.model_fields) == directory_module._READ
     with pytest.raises(ValidationError):  # the contract's constraints still hold
         parse_json(DirectoryDevice, b'{"device_id":"d","org_id":"o","serial":"S 1","revision":0}')
