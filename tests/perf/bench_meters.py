@@ -14,6 +14,9 @@ same run:
 - meters: the faust worker decides every report against its table, writes the accepted
   readings with ``insert_many`` and publishes the events; timed from the worker's start until
   every report is flushed (acknowledged);
+- readings stored alone: the worker's readings inserted again into a new collection with the
+  same index, as the worker writes them, and nothing else: what storing its output costs the
+  servers, and the worker's rate against that;
 - latency: reports sent at half the measured rate; end-to-end time from a report's
   ``sent_at`` to its ``ReadingAccepted`` on ``meters.events`` (p50, p99);
 - scale-out: the same backlog decided again by one worker process, then by two (each its own
@@ -55,6 +58,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from services.meters.adapters.store import INDEXES, READINGS  # noqa: E402
 from services.meters.adapters.stream import (  # noqa: E402
     Ingestor,
     collect_garbage_less_often,
@@ -75,7 +79,13 @@ from shared.contracts import (  # noqa: E402
 )
 from shared.store import Mongo  # noqa: E402
 from tests.integration import meters_worker  # noqa: E402
-from tests.perf.servers import CpuMeter, CpuSnapshot, run_bench, scratch_dir  # noqa: E402
+from tests.perf.servers import (  # noqa: E402
+    CpuMeter,
+    CpuSnapshot,
+    insert_side_by_side,
+    run_bench,
+    scratch_dir,
+)
 from tests.perf.servers import bench_line as bench  # noqa: E402
 from tests.support import eventually, kafka_environment  # noqa: E402
 
@@ -177,6 +187,25 @@ async def baseline(
     finally:
         await consumer.stop()
     return seen / (time.perf_counter() - started)
+
+
+async def readings_stored_alone(mongo: Mongo, cpu: CpuMeter, worker_rate: float) -> None:
+    """The worker's own readings (read back, untimed) inserted again into a new collection with
+    the same index, as the worker writes them (``insert_many`` of 1,000, four side by side), and
+    nothing else: no topic, no validation, no state, no events. What storing the worker's output
+    costs the servers by itself (``..._cpu_ferretdb``, ``..._cpu_postgres``), beside the
+    baseline's raw documents; and the worker's rate after its directory against it."""
+    docs = [doc async for doc in mongo.db[READINGS].find({})]
+    for doc in docs:
+        doc["_id"] = "again:" + doc["_id"]
+    collection = mongo.db["readings_alone"]
+    await collection.create_indexes(INDEXES[READINGS])
+    before = cpu.snapshot()
+    seconds = await insert_side_by_side(collection, docs)
+    rate = len(docs) / seconds
+    bench("meters_readings_stored_alone", rate, "readings/s")
+    cpu.report("meters_readings_stored_alone", before, cpu.snapshot(), max(len(docs), 1))
+    bench("meters_ingest_after_directory_vs_readings_stored_alone", worker_rate / rate, "ratio")
 
 
 async def events_from_now(kafka: KafkaSettings) -> AIOKafkaConsumer:
@@ -398,8 +427,9 @@ async def _run(kafka: KafkaSettings, mongo_url: str, faust_dir: str) -> None:
             )
             bench("meters_ingest_waited_for_flusher", ingestor.stats.waited_for_flusher, "s")
             stats = ingestor.stats
-            readings = await mongo.db["readings"].count_documents({})
+            readings = await mongo.db[READINGS].count_documents({})
             bench("meters_readings_persisted", readings, "readings")
+            await readings_stored_alone(mongo, cpu, after_directory)
             print(
                 f"accepted={stats.accepted} duplicates={stats.duplicates} "
                 f"anomalies={stats.anomalies} faults={stats.faults} "
