@@ -75,6 +75,7 @@ bench: install
 	$(UV) run --frozen python tests/perf/bench_devices.py
 	$(UV) run --frozen python tests/perf/bench_devices_list.py
 	$(UV) run --frozen python tests/perf/bench_meters.py
+	$(UV) run --frozen python tests/perf/bench_meters_floor.py
 	$(UV) run --frozen python tests/perf/bench_meters_state.py
 	$(UV) run --frozen python tests/perf/bench_meters_history.py
 	$(UV) run --frozen python tests/perf/bench_notify.py
