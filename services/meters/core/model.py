@@ -30,7 +30,11 @@ class Device:
     timezone: str = "UTC"
 
 
-@dataclass(frozen=True, slots=True)
+# Reading and Report are built for every report the worker decides, so they are not frozen: a
+# frozen dataclass sets each field through ``object.__setattr__``, 1.0-1.3 µs for a Reading
+# against 0.2 (nothing here assigns to them once built; their counters are dicts, so neither
+# was hashable anyway).
+@dataclass(slots=True)
 class Reading:
     """An accepted reading, as stored in the history."""
 
@@ -236,7 +240,7 @@ def submit_reading(memory: DeviceMemory, cmd: Submission, device: Device | None)
     return Decision(after, reading=reading)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Report:
     """One eMaintenance report, already validated at the edge."""
 
