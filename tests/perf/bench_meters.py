@@ -83,6 +83,7 @@ from tests.perf.servers import (  # noqa: E402
     CpuMeter,
     CpuSnapshot,
     insert_side_by_side,
+    let_servers_settle,
     run_bench,
     scratch_dir,
 )
@@ -94,10 +95,6 @@ DEVICES_N = int(os.environ.get("BENCH_DEVICES", "100000"))
 LATENCY_SECONDS = float(os.environ.get("BENCH_LATENCY_SECONDS", "10"))
 INGEST_SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "600"))
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "6"))
-# New servers are not settled for their first minute or so: two baselines right after start cost
-# PostgreSQL 14-15 µs a document, the same after 75 s of quiet 7.5 (cause not found; not only
-# autovacuum). The bench waits this long, once the backlog is produced, before it measures.
-SETTLE_SECONDS = float(os.environ.get("BENCH_SETTLE_SECONDS", "75"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
 LIMIT_SECONDS = 2400
 
@@ -365,8 +362,7 @@ async def _run(kafka: KafkaSettings, mongo_url: str, faust_dir: str) -> None:
     del sim
     collect_garbage_less_often(IngestSettings().gc_young_threshold)
     freeze_what_is_loaded()
-    print(f"letting the servers settle for {SETTLE_SECONDS:.0f} s", flush=True)
-    await asyncio.sleep(SETTLE_SECONDS)
+    await let_servers_settle()  # once the backlog is produced, before anything is measured
 
     mongo_settings = MongoSettings(url=mongo_url, database_prefix="bench" + secrets.token_hex(3))
     ingest = IngestSettings(data_dir=faust_dir)

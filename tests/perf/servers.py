@@ -150,6 +150,19 @@ async def insert_side_by_side(
     return elapsed
 
 
+# New local servers are not settled for their first minute or so: two baselines of the meters
+# bench right after start cost PostgreSQL 14-15 µs a document, the same after 75 s of quiet 7.5
+# (cause not found; not only autovacuum, not statistics, not new connections). A bench that
+# compares two runs on the same servers waits this long before the first.
+SETTLE_SECONDS = float(os.environ.get("BENCH_SETTLE_SECONDS", "75"))
+
+
+async def let_servers_settle() -> None:
+    """Wait ``BENCH_SETTLE_SECONDS`` (75 by default) with the servers quiet, saying so."""
+    print(f"letting the servers settle for {SETTLE_SECONDS:.0f} s", flush=True)
+    await asyncio.sleep(SETTLE_SECONDS)
+
+
 async def median_ms(fn: Callable[[], Awaitable[Any]], repeats: int) -> float:
     """The median of ``repeats`` awaits of ``fn()``, in milliseconds."""
     times = []
