@@ -12,7 +12,8 @@ quiet, 75 by default), read by three consumer groups: the baseline, the devices 
 handler under the platform's consumer runner (the device directory is filled in memory
 beforehand, as the service fills it from its database at start), and the baseline again (the
 handler against the mean of the two: ``devices_telemetry_vs_bracketing_baselines``). Prints
-``BENCH`` lines. Bounded: a fixed backlog and ``BENCH_LIMIT_SECONDS`` (default 1200) for the whole run.
+``BENCH`` lines. Bounded: a fixed backlog and ``BENCH_LIMIT_SECONDS`` (default 1200) for the
+whole run.
 
 Uses ``FLEETDESK_TEST_KAFKA_BOOTSTRAP`` and ``FLEETDESK_TEST_MONGO_URL`` when both are set
 (security from ``FLEETDESK_KAFKA_*``), else starts ``deploy/local/infra.py`` on free ports for
