@@ -66,10 +66,14 @@ sys.path.insert(0, str(ROOT))
 from services.meters.adapters.store import INDEXES, READINGS  # noqa: E402
 from services.meters.adapters.stream import (  # noqa: E402
     Ingestor,
+    Record,
+    accepted_payload,
     collect_garbage_less_often,
     freeze_what_is_loaded,
+    send_records,
 )
 from services.meters.config import IngestSettings, MetersSettings  # noqa: E402
+from services.meters.core.model import Reading  # noqa: E402
 from services.meters.inject import ingestion  # noqa: E402
 from services.meters.simulator import Odds, Simulator, produce  # noqa: E402
 from shared.bus import Publisher, ensure_topics, kafka_partition, new_producer  # noqa: E402
@@ -81,6 +85,7 @@ from shared.contracts import (  # noqa: E402
     DeviceState,
     OrganisationState,
     ReadingAccepted,
+    ReadingSource,
 )
 from shared.events import envelope_headers  # noqa: E402
 from shared.store import Mongo  # noqa: E402
@@ -153,6 +158,24 @@ async def publish_devices(kafka: KafkaSettings, serials: list[str]) -> None:
         await producer.stop()
 
 
+async def backlog_consumer(
+    kafka: KafkaSettings, topic: str, max_records: int, partition_fetch_bytes: int
+) -> AIOKafkaConsumer:
+    """A started consumer of every partition of ``topic`` from its start, without a group."""
+    consumer = AIOKafkaConsumer(
+        **kafka.client_options(),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_records,
+        fetch_max_bytes=8 * 1024 * 1024,
+        max_partition_fetch_bytes=partition_fetch_bytes,
+    )
+    await consumer.start()
+    consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    return consumer
+
+
 async def baseline(
     kafka: KafkaSettings,
     topic: str,
@@ -162,21 +185,11 @@ async def baseline(
 ) -> float:
     """Plain consume of the backlog (its first ``count`` reports) + insert_many of the raw
     documents: reports/s."""
-    consumer = AIOKafkaConsumer(
-        **kafka.client_options(),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=5000,
-        fetch_max_bytes=8 * 1024 * 1024,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
-    await consumer.start()
+    consumer = await backlog_consumer(kafka, topic, 5000, 4 * 1024 * 1024)
     collection = mongo.db[collection_name]
     seen = 0
     started = time.perf_counter()
     try:
-        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
         while seen < count:
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             docs = [
@@ -224,32 +237,22 @@ async def writes_without_decisions(
     own logic at zero: reports/s."""
     devices = {s.encode(): (f"undecided-{i}", "undecided-org") for i, s in enumerate(serials)}
     events, changelog = await _topic(kafka), await _topic(kafka)
-    consumer = AIOKafkaConsumer(
-        **kafka.client_options(),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=4000,
-        fetch_max_bytes=8 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
     producer = new_producer(
         kafka, enable_idempotence=True, acks="all", linger_ms=5, max_batch_size=512 * 1024
     )
     collection = mongo.db["readings_undecided"]
     await collection.create_indexes(INDEXES[READINGS])
-    await consumer.start()
+    consumer = await backlog_consumer(kafka, topic, 4000, 8 * 1024 * 1024)
     await producer.start()
     seen = 0
     started = time.perf_counter()
     try:
         partitions = sorted(await producer.partitions_for(events))
-        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
         while seen < REPORTS:
             polled = await consumer.getmany(timeout_ms=500, max_records=4000)
             now = datetime.now(UTC)
             docs: list[dict[str, Any]] = []
-            records: dict[tuple[str, int], list[tuple[bytes, bytes, list[tuple[str, bytes]]]]] = {}
+            records: list[Record] = []
             for tp, batch in polled.items():
                 for r in batch:
                     seen += 1
@@ -259,57 +262,37 @@ async def writes_without_decisions(
                     if not isinstance(counters, dict) or device is None:
                         continue
                     device_id, org_id = device
-                    doc = {
-                        "_id": f"{r.topic}:{r.partition}:{r.offset}",
-                        "device_id": device_id,
-                        "org_id": org_id,
-                        "serial": report.get("serial"),
-                        "source": "emaintenance",
-                        "counters": counters,
-                        "read_at": datetime.fromisoformat(report["sent_at"]),
-                        "accepted_at": now,
-                    }
-                    docs.append(doc)
-                    key = device_id.encode()
-                    event = orjson.dumps(
+                    reading = Reading(
+                        reading_id=f"{r.topic}:{r.partition}:{r.offset}",
+                        device_id=device_id,
+                        org_id=org_id,
+                        serial=report.get("serial"),
+                        source=ReadingSource.EMAINTENANCE,
+                        counters=counters,
+                        read_at=datetime.fromisoformat(report["sent_at"]),
+                    )
+                    docs.append(
                         {
-                            "reading_id": doc["_id"],
+                            "_id": reading.reading_id,
                             "device_id": device_id,
                             "org_id": org_id,
+                            "serial": reading.serial,
                             "source": "emaintenance",
                             "counters": counters,
-                            "read_at": doc["read_at"],
-                            "submitted_by": None,
+                            "read_at": reading.read_at,
+                            "accepted_at": now,
                         }
                     )
+                    key = device_id.encode()
                     headers = envelope_headers(
-                        doc["_id"], ReadingAccepted.event_type, "meters", occurred_at=now
+                        reading.reading_id, ReadingAccepted.event_type, "meters", occurred_at=now
                     )
-                    target = (events, kafka_partition(key, partitions))
-                    records.setdefault(target, []).append((key, event, headers))
+                    partition = kafka_partition(key, partitions)
+                    records.append((events, partition, key, accepted_payload(reading), headers))
                     state = orjson.dumps({"counters": counters, "last_seen": now.timestamp()})
-                    changelog_tp = (changelog, tp.partition)
-                    records.setdefault(changelog_tp, []).append((r.key or b"", state, []))
-            await asyncio.gather(
-                *(
-                    collection.insert_many(docs[start : start + 1000], ordered=False)
-                    for start in range(0, len(docs), 1000)
-                )
-            )
-            sent = []
-            for (target_topic, partition), pairs in records.items():
-                builder = producer.create_batch()
-                for key, value, headers in pairs:
-                    while (
-                        builder.append(key=key, value=value, timestamp=None, headers=headers)
-                        is None
-                    ):
-                        sent.append(
-                            await producer.send_batch(builder, target_topic, partition=partition)
-                        )
-                        builder = producer.create_batch()
-                sent.append(await producer.send_batch(builder, target_topic, partition=partition))
-            await asyncio.gather(*sent)
+                    records.append((changelog, tp.partition, r.key or b"", state, []))
+            await insert_side_by_side(collection, docs)
+            await send_records(producer, records)
     finally:
         await consumer.stop()
         await producer.stop()

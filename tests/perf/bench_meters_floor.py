@@ -36,8 +36,10 @@ from faust.types.tuples import Message
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from services.meters.adapters.stream import accepted_payload  # noqa: E402
+from services.meters.core.model import Reading  # noqa: E402
 from services.meters.simulator import Odds, Simulator  # noqa: E402
-from shared.contracts import TelemetryReport  # noqa: E402
+from shared.contracts import ReadingAccepted, ReadingSource, TelemetryReport  # noqa: E402
 from shared.events import envelope_headers, parse_json  # noqa: E402
 from tests.perf.servers import bench_line as bench  # noqa: E402
 
@@ -137,6 +139,7 @@ def main() -> int:
         return len(reports)
 
     readings: list[dict[str, Any]] = []
+    accepted: list[Reading] = []  # the same readings, as the worker's rules return them
 
     def reading_bson() -> int:
         for doc in readings:
@@ -145,21 +148,10 @@ def main() -> int:
 
     def event_and_changelog_records() -> int:
         events, changelog = _builder(), _builder()
-        for n, doc in enumerate(readings):
-            payload = orjson.dumps(
-                {
-                    "reading_id": doc["_id"],
-                    "device_id": doc["device_id"],
-                    "org_id": doc["org_id"],
-                    "source": doc["source"],
-                    "counters": doc["counters"],
-                    "read_at": doc["read_at"],
-                    "submitted_by": None,
-                }
-            )
-            event_id: str = doc["_id"]
+        for n, (doc, reading) in enumerate(zip(readings, accepted, strict=True)):
+            payload = accepted_payload(reading)
             headers = envelope_headers(
-                event_id, "meters.reading-accepted", "meters", occurred_at=now
+                reading.reading_id, ReadingAccepted.event_type, "meters", occurred_at=now
             )
             key = str(doc["device_id"]).encode()
             while events.append(n, timestamp=None, key=key, value=payload, headers=headers) is None:
@@ -185,6 +177,13 @@ def main() -> int:
         }
         for n, report in enumerate(reports)
     )
+    accepted.extend(
+        Reading(
+            doc["_id"], doc["device_id"], doc["org_id"], doc["serial"],
+            ReadingSource.EMAINTENANCE, doc["counters"], doc["read_at"],
+        )
+        for doc in readings
+    )  # fmt: skip
     total += _timed("state_json_read_and_written", state_read_and_written, len(reports))
     total += _timed("reading_bson", reading_bson, len(reports))
     total += _timed("event_and_changelog_records", event_and_changelog_records, len(reports))

@@ -776,27 +776,7 @@ class Ingestor:
         return self._producer or self.publisher.producer
 
     async def _send_records(self, records: list[Record]) -> None:
-        """Records grouped into one batch per partition (``send_batch``: far less work per
-        record than one ``send`` each); returns when the broker has every one (acks=all)."""
-        if not records:
-            return
-        producer = self._events_producer()
-        groups: dict[tuple[str, int], list[Record]] = {}
-        for record in records:
-            groups.setdefault((record[0], record[1]), []).append(record)
-        futures: list[Awaitable[Any]] = []
-        for (topic, partition), group in groups.items():
-            builder = producer.create_batch()
-            for _, _, key, value, headers in group:
-                # A full batch refuses the record: send it, and the record opens the next one.
-                while builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    if not builder.record_count():
-                        raise ValueError(f"a record for {topic} is larger than a batch")
-                    futures.append(await producer.send_batch(builder, topic, partition=partition))
-                    builder = producer.create_batch()
-            if builder.record_count():
-                futures.append(await producer.send_batch(builder, topic, partition=partition))
-        await asyncio.gather(*futures)
+        await send_records(self._events_producer(), records)
 
     async def purge_decisions(self) -> int:
         """Drop decisions older than the retention (every instance does it: deleting is
@@ -838,6 +818,29 @@ class Ingestor:
             sent += 1
         if sent == 0 and len(self._stale_pending) > 10 * self.settings.stale_checks_per_round:
             self._stale_pending.clear()  # answers lost to a rebalance: ask again
+
+
+async def send_records(producer: AIOKafkaProducer, records: list[Record]) -> None:
+    """Records grouped into one batch per partition (``send_batch``: far less work per record
+    than one ``send`` each); returns when the broker has every one (acks=all)."""
+    if not records:
+        return
+    groups: dict[tuple[str, int], list[Record]] = {}
+    for record in records:
+        groups.setdefault((record[0], record[1]), []).append(record)
+    futures: list[Awaitable[Any]] = []
+    for (topic, partition), group in groups.items():
+        builder = producer.create_batch()
+        for _, _, key, value, headers in group:
+            # A full batch refuses the record: send it, and the record opens the next one.
+            while builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                if not builder.record_count():
+                    raise ValueError(f"a record for {topic} is larger than a batch")
+                futures.append(await producer.send_batch(builder, topic, partition=partition))
+                builder = producer.create_batch()
+        if builder.record_count():
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+    await asyncio.gather(*futures)
 
 
 def collect_garbage_less_often(threshold: int) -> None:
